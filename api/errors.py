@@ -1,0 +1,84 @@
+"""Every error leaves as {"error", "message", "status"} (+ "details" for validation)."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.errors import RetenshunError, TooManyRequests
+
+log = logging.getLogger("retenshun.api")
+
+
+def error_response(
+    status: int, message: str, *, details: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "error": HTTPStatus(status).phrase, "message": message, "status": status
+    }
+    if details is not None:
+        body["details"] = details
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "body"
+
+
+def _validation_details(exc: RequestValidationError) -> tuple[str, list[dict[str, str]]]:
+    details: list[dict[str, str]] = []
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            ctx = err.get("ctx") or {}
+            return f"Malformed JSON body: {ctx.get('error', 'cannot be parsed')}", []
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "extra_forbidden":
+            msg = "Unknown field"
+        elif err.get("type") == "missing":
+            msg = "Field required"
+        details.append({"field": _field_path(tuple(err.get("loc", ()))), "message": msg})
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5])
+    return f"Request validation failed: {summary}", details
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RetenshunError)
+    async def _retenshun(_: Request, exc: RetenshunError) -> JSONResponse:
+        headers = None
+        if isinstance(exc, TooManyRequests):
+            headers = {"Retry-After": str(exc.retry_after)}
+        return error_response(exc.status, exc.message, details=exc.details, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, details = _validation_details(exc)
+        return error_response(400, message, details=details or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404 and exc.detail == "Not Found":
+            message = f"No route {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"Method {request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "An internal error occurred; it has been logged.")

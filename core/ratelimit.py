@@ -1,0 +1,51 @@
+"""Per-project rate limits on the `limits` library: in memory, or Redis for many API processes."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItem, RateLimitItemPerSecond, parse
+from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.storage import storage_from_string
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitState:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_seconds: int
+
+
+def with_burst(rate: str, burst: int | None) -> RateLimitItem:
+    """`1000/second` with burst 2000 becomes 2000 per 2 seconds: same mean, room for a spike."""
+    item = parse(rate)
+    if not burst or burst <= item.amount:
+        return item
+    window = item.get_expiry() * burst / item.amount
+    return RateLimitItemPerSecond(burst, max(1, math.ceil(window)))
+
+
+class RateLimiter:
+    def __init__(self, ingest: RateLimitItem, api: RateLimitItem, redis_url: str | None = None):
+        self.items = {"ingest": ingest, "api": api}
+        storage: Storage
+        if redis_url:
+            scheme = redis_url.split("://", 1)[0]
+            storage = storage_from_string(
+                f"async+{scheme}://{redis_url.split('://', 1)[1]}", implementation="redispy"
+            )
+        else:
+            storage = MemoryStorage()
+        self.storage = storage
+        self._strategy = SlidingWindowCounterRateLimiter(storage)
+
+    async def hit(self, kind: str, key: str) -> RateLimitState:
+        item = self.items[kind]
+        allowed = await self._strategy.hit(item, kind, key)
+        stats = await self._strategy.get_window_stats(item, kind, key)
+        reset = max(0, math.ceil(stats.reset_time - time.time()))
+        return RateLimitState(allowed, item.amount, max(0, stats.remaining), reset)

@@ -1,0 +1,41 @@
+"""Temporal client access, task queue and workflow-id builders: the one place they are made."""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio.client import Client
+
+from core.settings import Settings
+
+
+class TemporalConnector:
+    """Connects lazily and reconnects after failure, so the API starts (and ingests) without
+    Temporal, and /healthz tells the truth about it."""
+
+    def __init__(self, settings: Settings):
+        self.address = settings.temporal_address
+        self.namespace = settings.temporal_namespace
+        self._client: Client | None = None
+        self._lock = asyncio.Lock()
+
+    async def client(self, timeout: float = 5.0) -> Client:
+        if self._client is not None:
+            return self._client
+        async with self._lock:
+            if self._client is None:
+                self._client = await asyncio.wait_for(
+                    Client.connect(self.address, namespace=self.namespace), timeout
+                )
+        return self._client
+
+    async def healthy(self, timeout: float = 2.0) -> bool:
+        try:
+            client = await self.client(timeout)
+            return await asyncio.wait_for(client.service_client.check_health(), timeout)
+        except Exception:
+            return False
+
+
+async def connect(settings: Settings) -> Client:
+    return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
