@@ -17,7 +17,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.db import Base
@@ -32,6 +32,8 @@ class Project(Base):
     name: Mapped[str] = mapped_column(String(200))
     # HMAC secret for X-User-Hash on public inbox reads; encrypted at rest (core.crypto).
     identity_secret_enc: Mapped[str] = mapped_column(Text)
+    # Verifies inbound delivery receipts; rotated by POST /channels/webhook-secret.
+    webhook_secret_enc: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
 
 
@@ -162,4 +164,121 @@ class Event(Base):
             unique=True,
             postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
+    )
+
+
+class Template(Base):
+    __tablename__ = "templates"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(10))  # EMAIL | PUSH | SMS | IN_APP
+    subject: Mapped[str | None] = mapped_column(Text, nullable=True)  # title for PUSH/IN_APP
+    body: Mapped[str] = mapped_column(Text)
+    tags: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
+    ai: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    __table_args__ = (Index("ix_templates_project_created", "project_id", "created_at"),)
+
+
+class ChannelConfig(Base):
+    """A project's provider settings: plain fields in `settings`, secrets encrypted apart."""
+
+    __tablename__ = "channel_configs"
+
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    settings: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    secrets_enc: Mapped[str | None] = mapped_column(Text, nullable=True)  # encrypted JSON
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+class Message(Base):
+    """One message to one user on one channel. `send_key` makes every send exactly-once:
+    the row exists before the provider is called, and a retry finds it."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(String(255))
+    channel: Mapped[str] = mapped_column(String(10))
+    subject: Mapped[str | None] = mapped_column(Text, nullable=True)
+    body: Mapped[str] = mapped_column(Text)
+    # queued -> sending (claimed by a send attempt) -> sent -> delivered/opened/clicked,
+    # or failed / bounced / suppressed.
+    status: Mapped[str] = mapped_column(String(12), server_default="queued")
+    transactional: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    template_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    source: Mapped[str] = mapped_column(String(12), server_default="api")  # api|automation|campaign
+    source_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    send_key: Mapped[str] = mapped_column(String(300))
+    to_address: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    provider: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    provider_message_id: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    sent_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    read_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+
+    __table_args__ = (
+        Index("uq_messages_project_send_key", "project_id", "send_key", unique=True),
+        Index("ix_messages_project_created", "project_id", text("created_at DESC")),
+        Index("ix_messages_project_user_created", "project_id", "user_id",
+              text("created_at DESC")),
+        Index("ix_messages_provider_message_id", "provider_message_id"),
+    )
+
+
+class Suppression(Base):
+    """An address that must not be mailed again (hard bounce, complaint)."""
+
+    __tablename__ = "suppressions"
+
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)  # lower-cased
+    reason: Mapped[str] = mapped_column(String(20))  # bounced | complained
+    message_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+class WebhookReceipt(Base):
+    """A verified inbound delivery receipt, stored once per id before it is processed."""
+
+    __tablename__ = "webhook_receipts"
+
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    event: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    received_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    processed_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    outcome: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class NewsItem(Base):
+    __tablename__ = "news_items"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    title: Mapped[str] = mapped_column(String(300))
+    body: Mapped[str] = mapped_column(Text)
+    url: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    published: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    published_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    __table_args__ = (
+        Index("ix_news_project_published", "project_id", "published",
+              text("published_at DESC")),
     )
