@@ -8,7 +8,21 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from api import api_keys, auth, dev_mail, events, health, team, users
+from api import (
+    api_keys,
+    auth,
+    channels,
+    dev_mail,
+    events,
+    health,
+    inbox,
+    messages,
+    news,
+    team,
+    templates,
+    users,
+    webhooks,
+)
 from api.errors import install_error_handlers
 from api.middleware import BodyLimitMiddleware, RateLimitHeadersMiddleware
 from api.state import AppState
@@ -58,7 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     v1 = APIRouter(prefix=API_PREFIX)
-    for module in (auth, api_keys, team, events, users, health):
+    for module in (auth, api_keys, team, events, users, templates, channels, messages,
+                   webhooks, inbox, news, health):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(dev_mail.router)

@@ -36,7 +36,10 @@ async def get_db(state: StateDep) -> AsyncIterator[AsyncSession]:
             raise
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_db)]
+# scope="function": commit before the response leaves. With FastAPI's default ("request")
+# the commit would run after the client already has its 201, so a read right after could
+# miss the write, and a failed commit would still have answered success.
+SessionDep = Annotated[AsyncSession, Depends(get_db, scope="function")]
 
 
 @dataclass(frozen=True, slots=True)

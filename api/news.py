@@ -1,0 +1,5 @@
+"""Placeholder: being built (issue 3)."""
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["news"])
