@@ -1,0 +1,166 @@
+"""The Temporal worker: every workflow and activity of Retenshun on one task queue.
+
+`retenshun worker` runs `main()`; run as many as the load needs, against one PostgreSQL
+and one Temporal cluster. Activities are built here, once per process, with their
+dependencies (engine, session maker, settings), so tests can build them the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.health import HealthActivities
+from core.db import make_async_engine, make_sessionmaker, sqlalchemy_url
+from core.settings import Settings, get_settings
+from workflows.ping import WorkerPingWorkflow
+
+log = logging.getLogger("retenshun.worker")
+
+WORKFLOWS: list[type] = [WorkerPingWorkflow]
+
+# How long a starting worker waits for Temporal before giving up (it may start first).
+CONNECT_TIMEOUT_SECONDS = 60.0
+# In-flight activities get this long to finish on SIGTERM before they are cancelled.
+GRACEFUL_SHUTDOWN = timedelta(seconds=10)
+
+
+class WorkerError(RuntimeError):
+    """The worker cannot start or stopped on its own (Temporal unreachable, bad namespace)."""
+
+
+@dataclass
+class WorkerDeps:
+    """What activities are built with: one of each per worker process."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+
+
+def build_activities(deps: WorkerDeps) -> list[Callable[..., Any]]:
+    health = HealthActivities(deps.sessions)
+    return [health.ping_database]
+
+
+def _safe_db(url: str) -> str:
+    try:
+        return make_url(sqlalchemy_url(url)).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable DATABASE_URL>"
+
+
+async def connect_temporal(settings: Settings, timeout: float = CONNECT_TIMEOUT_SECONDS) -> Client:
+    """Client.connect, retried with backoff until `timeout` seconds have passed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay, attempt = 0.5, 0
+    while True:
+        attempt += 1
+        try:
+            return await Client.connect(
+                settings.temporal_address, namespace=settings.temporal_namespace
+            )
+        except Exception as exc:
+            if loop.time() + delay >= deadline:
+                raise WorkerError(
+                    f"cannot reach Temporal at {settings.temporal_address} after {attempt} "
+                    f"attempts in {timeout:.0f} s ({exc}); is TEMPORAL_ADDRESS right?"
+                ) from exc
+            log.warning("Temporal at %s not reachable yet (attempt %d): %s; retrying in %.1f s",
+                        settings.temporal_address, attempt, str(exc).splitlines()[0], delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def run_worker(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+) -> None:
+    """Serve settings.temporal_task_queue until `stop` is set (or the task is cancelled)."""
+    engine = make_async_engine(settings.database_url, settings.db_pool_size)
+    try:
+        log.info("connecting to Temporal at %s (namespace %s); database %s",
+                 settings.temporal_address, settings.temporal_namespace,
+                 _safe_db(settings.database_url))
+        client = await connect_temporal(settings, connect_timeout)
+        deps = WorkerDeps(settings=settings, engine=engine, sessions=make_sessionmaker(engine))
+        activities = build_activities(deps)
+        worker = Worker(
+            client,
+            task_queue=settings.temporal_task_queue,
+            workflows=WORKFLOWS,
+            activities=activities,
+            graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+            identity=f"retenshun-worker@{socket.gethostname()}",
+        )
+        log.info("worker serving task queue %r (%d workflows, %d activities)",
+                 settings.temporal_task_queue, len(WORKFLOWS), len(activities))
+        await _serve(worker, stop or asyncio.Event())
+    finally:
+        await engine.dispose()
+
+
+async def _serve(worker: Worker, stop: asyncio.Event) -> None:
+    run = asyncio.create_task(worker.run(), name="temporal-worker")
+    stopping = asyncio.create_task(stop.wait(), name="worker-stop")
+    try:
+        await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        log.info("worker cancelled: shutting down")
+        await _shutdown(worker, run)
+        raise
+    finally:
+        stopping.cancel()
+    if run.done():
+        exc = run.exception()
+        if exc is not None:
+            raise WorkerError(f"the Temporal worker stopped: {exc}") from exc
+        return
+    log.info("shutting down (in-flight activities get %s)", GRACEFUL_SHUTDOWN)
+    await _shutdown(worker, run)
+    log.info("worker stopped")
+
+
+async def _shutdown(worker: Worker, run: asyncio.Task[None]) -> None:
+    await worker.shutdown()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await run
+
+
+def main() -> None:
+    """Entry point of `retenshun worker`: logs to stderr, stops cleanly on SIGTERM / Ctrl-C."""
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_worker(settings, stop=stop)
+
+    try:
+        asyncio.run(_main())
+    except WorkerError as exc:
+        log.error("%s", exc)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()
