@@ -17,19 +17,25 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import httpx
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.health import HealthActivities
+from activities.messaging import MessagingActivities
+from activities.receipts import ReceiptActivities
+from core.crypto import SecretBox
 from core.db import make_async_engine, make_sessionmaker, sqlalchemy_url
 from core.settings import Settings, get_settings
 from workflows.ping import WorkerPingWorkflow
+from workflows.receipt import ProcessReceiptWorkflow
+from workflows.send_message import SendMessageWorkflow
 
 log = logging.getLogger("retenshun.worker")
 
-WORKFLOWS: list[type] = [WorkerPingWorkflow]
+WORKFLOWS: list[type] = [WorkerPingWorkflow, SendMessageWorkflow, ProcessReceiptWorkflow]
 
 # How long a starting worker waits for Temporal before giving up (it may start first).
 CONNECT_TIMEOUT_SECONDS = 60.0
@@ -48,11 +54,16 @@ class WorkerDeps:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    secrets: SecretBox
+    # Provider calls: Temporal owns retries, so the client makes one attempt per call.
+    http: httpx.AsyncClient
 
 
 def build_activities(deps: WorkerDeps) -> list[Callable[..., Any]]:
     health = HealthActivities(deps.sessions)
-    return [health.ping_database]
+    messaging = MessagingActivities(deps.sessions, deps.secrets, deps.settings, deps.http)
+    receipts = ReceiptActivities(deps.sessions)
+    return [health.ping_database, messaging.deliver, messaging.mark_failed, receipts.process]
 
 
 def _safe_db(url: str) -> str:
@@ -93,12 +104,16 @@ async def run_worker(
 ) -> None:
     """Serve settings.temporal_task_queue until `stop` is set (or the task is cancelled)."""
     engine = make_async_engine(settings.database_url, settings.db_pool_size)
+    http = httpx.AsyncClient(timeout=httpx.Timeout(20.0, connect=5.0))
     try:
         log.info("connecting to Temporal at %s (namespace %s); database %s",
                  settings.temporal_address, settings.temporal_namespace,
                  _safe_db(settings.database_url))
         client = await connect_temporal(settings, connect_timeout)
-        deps = WorkerDeps(settings=settings, engine=engine, sessions=make_sessionmaker(engine))
+        deps = WorkerDeps(
+            settings=settings, engine=engine, sessions=make_sessionmaker(engine),
+            secrets=SecretBox(settings.secret_key), http=http,
+        )
         activities = build_activities(deps)
         worker = Worker(
             client,
@@ -112,6 +127,7 @@ async def run_worker(
                  settings.temporal_task_queue, len(WORKFLOWS), len(activities))
         await _serve(worker, stop or asyncio.Event())
     finally:
+        await http.aclose()
         await engine.dispose()
 
 

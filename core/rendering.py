@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Mapping
 from html.parser import HTMLParser
@@ -46,7 +45,10 @@ def _env(escape_html: bool) -> _StrictSandbox:
 
 def _check_ast(tree: nodes.Template, field: str) -> None:
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        name = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
+        if isinstance(node, nodes.Getattr):
+            name: object = node.attr
+        else:
+            name = getattr(node.arg, "value", None)
         if isinstance(name, str) and name.startswith("_"):
             raise TemplateInvalid(
                 f"{field}: line {node.lineno}: access to {name!r} is not allowed in templates"
@@ -153,4 +155,4 @@ def html_to_text(markup: str) -> str:
     text = "".join(parser.parts)
     text = re.sub(r"[ \t]+", " ", text)
     text = re.sub(r"\n\s*\n+", "\n\n", text)
-    return html.unescape(text).strip()
+    return text.strip()  # char refs were already decoded by the parser

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(10, alias="RETENSHUN_DB_POOL_SIZE")
     # Set by `retenshun dev`: where the local SMTP catcher drops mail for GET /dev/mail.
     dev_mail_dir: str | None = Field(None, alias="RETENSHUN_DEV_MAIL_DIR")
+    # How long POST /messages waits for the send before answering `queued`.
+    message_wait_seconds: float = Field(3.0, alias="RETENSHUN_MESSAGE_WAIT_SECONDS")
     # Set by `retenshun dev`: new projects' email channel points at this SMTP catcher.
     smtp_catcher: str | None = Field(None, alias="RETENSHUN_SMTP_CATCHER")
     openai_api_key: str | None = Field(None, alias="OPENAI_API_KEY")

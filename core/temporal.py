@@ -39,3 +39,15 @@ class TemporalConnector:
 
 async def connect(settings: Settings) -> Client:
     return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+
+
+# --- workflow ids: deterministic, readable in the Temporal UI, built only here ---
+
+
+def send_message_workflow_id(message_id: str) -> str:
+    """A message's send run is named by the message id itself."""
+    return message_id
+
+
+def receipt_workflow_id(project_id: str, receipt_id: str) -> str:
+    return f"receipt:{project_id}:{receipt_id}"

@@ -4,7 +4,9 @@ signs up its own account, so no table needs truncating between tests."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -82,14 +84,53 @@ def make_settings(database_url: str, temporal_address: str, **overrides: object)
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, temporal_address: str) -> Settings:
-    return make_settings(database_url, temporal_address)
+def api_port() -> int:
+    return free_port()
 
 
 @pytest.fixture(scope="session")
-def api_url(settings: Settings) -> Iterator[str]:
-    with serve_api(settings) as url:
+def settings(database_url: str, temporal_address: str, api_port: int) -> Settings:
+    # Links the product builds (unsubscribe, invites) point at the test API server.
+    return make_settings(database_url, temporal_address,
+                         RETENSHUN_PUBLIC_URL=f"http://127.0.0.1:{api_port}")
+
+
+@pytest.fixture(scope="session")
+def api_url(settings: Settings, api_port: int) -> Iterator[str]:
+    with serve_api(settings, api_port) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings) -> Iterator[None]:
+    """The real worker (every workflow and activity) serving the task queue, in a thread."""
+    from worker import run_worker
+
+    ready = threading.Event()
+    control: dict[str, object] = {}
+
+    def run() -> None:
+        async def main() -> None:
+            stop = asyncio.Event()
+            control.update(loop=asyncio.get_running_loop(), stop=stop)
+            ready.set()
+            await run_worker(settings, stop=stop)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # surfaced by the fixture's teardown
+            control["error"] = exc
+            ready.set()
+
+    thread = threading.Thread(target=run, name="test-worker", daemon=True)
+    thread.start()
+    ready.wait(30)
+    yield
+    loop, stop = control.get("loop"), control.get("stop")
+    if isinstance(loop, asyncio.AbstractEventLoop) and isinstance(stop, asyncio.Event):
+        loop.call_soon_threadsafe(stop.set)
+    thread.join(30)
+    assert "error" not in control, control.get("error")
 
 
 @pytest.fixture

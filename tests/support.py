@@ -20,9 +20,9 @@ from core.settings import Settings
 
 
 @contextmanager
-def serve_api(settings: Settings) -> Iterator[str]:
+def serve_api(settings: Settings, port: int | None = None) -> Iterator[str]:
     """Run create_app(settings) in uvicorn on a free port in a thread; yields the base URL."""
-    port = free_port()
+    port = port or free_port()
     config = uvicorn.Config(
         create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
     )

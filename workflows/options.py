@@ -50,7 +50,7 @@ DB = ActivityPreset(
 # A call to a delivery provider (SMTP, Postalynk, Web Push, Twilio): idempotent by its
 # send key, so retries are safe; a provider outage is ridden out for about a day.
 SEND = ActivityPreset(
-    start_to_close_timeout=timedelta(seconds=60),
+    start_to_close_timeout=timedelta(seconds=30),
     schedule_to_close_timeout=timedelta(hours=24),
     retry_policy=RetryPolicy(
         initial_interval=timedelta(seconds=2),

@@ -1,0 +1,177 @@
+"""Messages: create (render + store) for the API, list/get, unsubscribe tokens, and the
+state changes the send activity makes. Services flush; callers commit."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.crypto import constant_time_equal, hmac_sha256_hex
+from core.errors import BadRequest, NotFound
+from core.ids import new_id
+from core.models import EndUser, Message, Project, Template
+from core.rendering import build_context, render_message
+
+# Contract statuses; `sending` (claimed by a send attempt) reads as `queued`.
+PUBLIC_STATUS = {"sending": "queued"}
+FINAL = frozenset({"sent", "delivered", "opened", "clicked", "bounced", "failed", "suppressed"})
+
+
+def public_status(status: str) -> str:
+    return PUBLIC_STATUS.get(status, status)
+
+
+@dataclass(frozen=True)
+class MessageRequest:
+    user_id: str
+    channel: str
+    subject: str | None
+    body: str | None
+    template_id: str | None
+    data: dict[str, Any]
+    transactional: bool
+
+
+def user_context(user: EndUser | None) -> dict[str, Any] | None:
+    if user is None:
+        return None
+    return {"id": user.id, "email": user.email, "properties": user.properties}
+
+
+async def load_template(db: AsyncSession, project_id: str, template_id: str,
+                        channel: str) -> Template:
+    template = await db.scalar(
+        select(Template).where(Template.project_id == project_id, Template.id == template_id)
+    )
+    if template is None:
+        raise NotFound(f"No template {template_id} in this project")
+    if template.channel != channel:
+        raise BadRequest(
+            f"Template {template_id} is for {template.channel}, not {channel}"
+        )
+    return template
+
+
+def address_for(channel: str, user: EndUser) -> str | None:
+    """The address a channel needs from the profile (email, or the `phone` property)."""
+    if channel == "EMAIL":
+        if not user.email:
+            raise BadRequest(f"User {user.id!r} has no email address: set it with /identify")
+        return user.email
+    if channel == "SMS":
+        phone = (user.properties or {}).get("phone")
+        if not phone:
+            raise BadRequest(f"User {user.id!r} has no `phone` property for SMS")
+        return str(phone)
+    return None
+
+
+async def create_api_message(db: AsyncSession, project_id: str, req: MessageRequest) -> Message:
+    """Render (inline content is a template too) and store a queued message."""
+    user = await db.get(EndUser, (project_id, req.user_id))
+    if user is None:
+        raise NotFound(f"No user {req.user_id!r} in this project: identify them first")
+    subject, body = req.subject, req.body
+    if req.template_id:
+        template = await load_template(db, project_id, req.template_id, req.channel)
+        subject, body = template.subject, template.body
+    assert body is not None, "the schema requires body or templateId"
+    if req.channel == "EMAIL" and not subject:
+        raise BadRequest("An EMAIL needs a subject (or a template with one)")
+    company = await db.scalar(select(Project.name).where(Project.id == project_id))
+    context = build_context(user=user_context(user), company=company or "", data=req.data)
+    rendered_subject, rendered_body = render_message(req.channel, subject, body, context)
+    message_id = new_id("msg")
+    message = Message(
+        id=message_id, project_id=project_id, user_id=user.id, channel=req.channel,
+        subject=rendered_subject, body=rendered_body, status="queued",
+        transactional=req.transactional, template_id=req.template_id, source="api",
+        send_key=message_id, to_address=address_for(req.channel, user),
+    )
+    db.add(message)
+    await db.flush()
+    return message
+
+
+def _filtered(project_id: str, user_id: str | None, channel: str | None,
+              status: str | None) -> Select[tuple[Message]]:
+    query = select(Message).where(Message.project_id == project_id)
+    if user_id is not None:
+        query = query.where(Message.user_id == user_id)
+    if channel is not None:
+        query = query.where(Message.channel == channel)
+    if status is not None:
+        statuses = ["queued", "sending"] if status == "queued" else [status]
+        query = query.where(Message.status.in_(statuses))
+    return query
+
+
+async def list_messages(db: AsyncSession, project_id: str, *, user_id: str | None,
+                        channel: str | None, status: str | None, page: int, limit: int,
+                        ) -> tuple[list[Message], int]:
+    query = _filtered(project_id, user_id, channel, status)
+    total = await db.scalar(select(func.count()).select_from(query.subquery()))
+    rows = await db.scalars(query.order_by(Message.created_at.desc(), Message.id.desc())
+                            .offset((page - 1) * limit).limit(limit))
+    return list(rows), int(total or 0)
+
+
+async def get_message(db: AsyncSession, project_id: str, message_id: str) -> Message:
+    message = await db.scalar(
+        select(Message).where(Message.project_id == project_id, Message.id == message_id)
+    )
+    if message is None:
+        raise NotFound(f"No message {message_id} in this project")
+    return message
+
+
+async def mark_failed(db: AsyncSession, message_id: str, reason: str) -> None:
+    await db.execute(
+        update(Message)
+        .where(Message.id == message_id, Message.status.in_(("queued", "sending")))
+        .values(status="failed", error=reason, updated_at=datetime.now(UTC))
+    )
+
+
+# --- one-click unsubscribe (RFC 8058) tokens: no login, signed with the server secret ---
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unsubscribe_token(signing_keys: list[str], project_id: str, user_id: str) -> str:
+    payload = _b64(f"{project_id}\n{user_id}".encode())
+    return f"{payload}.{hmac_sha256_hex(signing_keys[0], payload.encode())}"
+
+
+def read_unsubscribe_token(signing_keys: list[str], token: str) -> tuple[str, str]:
+    payload, _, signature = token.partition(".")
+    if not any(constant_time_equal(signature, hmac_sha256_hex(k, payload.encode()))
+               for k in signing_keys):
+        raise BadRequest("This unsubscribe link is invalid")
+    try:
+        project_id, _, user_id = base64.urlsafe_b64decode(payload + "==").decode().partition("\n")
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise BadRequest("This unsubscribe link is invalid") from exc
+    return project_id, user_id
+
+
+def signing_keys(secret_key: str) -> list[str]:
+    """Unsubscribe links are signed with the first RETENSHUN_SECRET_KEY and checked against
+    all of them, so rotation does not break links already sent."""
+    return ["unsubscribe:" + k.strip() for k in secret_key.split(",") if k.strip()]
+
+
+async def unsubscribe(db: AsyncSession, project_id: str, user_id: str) -> bool:
+    result = await db.execute(
+        update(EndUser).where(EndUser.project_id == project_id, EndUser.id == user_id)
+        .values(subscribed=False, updated_at=datetime.now(UTC))
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
