@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -282,3 +283,160 @@ class NewsItem(Base):
         Index("ix_news_project_published", "project_id", "published",
               text("published_at DESC")),
     )
+
+
+class Segment(Base):
+    __tablename__ = "segments"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    rules: Mapped[list[Any]] = mapped_column(JSONB)
+    # Kept fresh by membership evaluation, so listing never recounts every segment.
+    user_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    counted_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    __table_args__ = (Index("ix_segments_project_created", "project_id", "created_at"),)
+
+
+class SegmentMember(Base):
+    __tablename__ = "segment_members"
+
+    segment_id: Mapped[str] = mapped_column(
+        ForeignKey("segments.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(40))
+    entered_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    __table_args__ = (Index("ix_segment_members_project_user", "project_id", "user_id"),)
+
+
+class Automation(Base):
+    __tablename__ = "automations"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    trigger_type: Mapped[str] = mapped_column(String(20))  # EVENT | SEGMENT_ENTRY
+    trigger_event: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    trigger_filter: Mapped[list[Any] | None] = mapped_column(JSONB, nullable=True)
+    segment_id: Mapped[str | None] = mapped_column(
+        ForeignKey("segments.id", ondelete="RESTRICT"), nullable=True
+    )
+    exit_event: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    steps: Mapped[list[Any]] = mapped_column(JSONB)
+    active: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # Bumped on every edit of steps: runs keep the snapshot they started with.
+    version: Mapped[int] = mapped_column(Integer, server_default="1")
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    __table_args__ = (
+        Index("ix_automations_project_trigger", "project_id", "active", "trigger_event"),
+    )
+
+
+class Enrollment(Base):
+    """One run of an automation for one user (ids `run_`), mirrored from its workflow."""
+
+    __tablename__ = "enrollments"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    automation_id: Mapped[str] = mapped_column(
+        ForeignKey("automations.id", ondelete="CASCADE")
+    )
+    user_id: Mapped[str] = mapped_column(String(255))
+    workflow_id: Mapped[str] = mapped_column(String(400))
+    # running | completed | exited | cancelled | failed
+    status: Mapped[str] = mapped_column(String(12), server_default="running")
+    current_step: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    automation_version: Mapped[int] = mapped_column(Integer)
+    trigger_event_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    ended_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+
+    __table_args__ = (
+        Index("ix_enrollments_automation_started", "automation_id", text("started_at DESC")),
+        Index("ix_enrollments_project_user", "project_id", "user_id"),
+        # A user is in at most one running enrollment of an automation at a time.
+        Index("uq_enrollments_running", "automation_id", "user_id", unique=True,
+              postgresql_where=text("status = 'running'")),
+    )
+
+
+class OutboxEntry(Base):
+    """Written in the same transaction as the event it comes from; the dispatcher in the
+    worker turns it into a Temporal signal-with-start and deletes it."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(String(40))
+    kind: Mapped[str] = mapped_column(String(20))  # event | segment_entry | ...
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    available_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (Index("ix_outbox_available", "available_at", "id"),)
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    channel: Mapped[str] = mapped_column(String(10))
+    segment_id: Mapped[str] = mapped_column(ForeignKey("segments.id", ondelete="RESTRICT"))
+    template_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    subject: Mapped[str | None] = mapped_column(Text, nullable=True)
+    body: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # DRAFT | SCHEDULED | SENDING | SENT | CANCELLED | FAILED
+    status: Mapped[str] = mapped_column(String(10), server_default="DRAFT")
+    scheduled_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    rate_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)  # messages/s
+    recipients: Mapped[int] = mapped_column(Integer, server_default="0")
+    started_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(Timestamp, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    __table_args__ = (Index("ix_campaigns_project_created", "project_id", "created_at"),)
+
+
+class AiGeneration(Base):
+    """Generated copy cached by key (e.g. one per automation version and step), so an AI
+    step costs one generation, not one per user."""
+
+    __tablename__ = "ai_generations"
+
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    cache_key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(10))
+    content: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+class DailyRollup(Base):
+    """Per-day counts for reports (events, active users, messages by channel and status)."""
+
+    __tablename__ = "daily_rollups"
+
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    metric: Mapped[str] = mapped_column(String(80), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
