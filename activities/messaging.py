@@ -29,7 +29,7 @@ from activities.providers.base import (
 from activities.providers.registry import build_provider
 from core.crypto import SecretBox
 from core.db import session_scope
-from core.models import EndUser, Message, Suppression
+from core.models import Automation, EndUser, Message, Suppression
 from core.rendering import html_to_text
 from core.services import channels as channel_service
 from core.services import messages as message_service
@@ -77,6 +77,12 @@ class MessagingActivities:
 
     @activity.defn(name="deliver_message")
     async def deliver(self, input: DeliverInput) -> DeliverResult:
+        return await self.deliver_message(input.project_id, input.message_id)
+
+    async def deliver_message(self, project_id: str, message_id: str) -> DeliverResult:
+        """Deliver one stored message exactly once. Safe to call again for the same id
+        (from a retry, or from a batch activity such as a campaign page)."""
+        input = DeliverInput(project_id, message_id)
         prepared = await self._prepare(input)
         if isinstance(prepared, DeliverResult):
             return prepared
@@ -123,7 +129,8 @@ class MessagingActivities:
             if user is None:
                 self._set(message, status="failed", error="the user no longer exists")
                 return DeliverResult("failed", message.error)
-            reason = await self._suppression(db, message, user)
+            reason = await self._suppression(db, message, user) or await self._stale_source(
+                db, message)
             if reason:
                 self._set(message, status="suppressed", error=reason)
                 return DeliverResult("suppressed", reason)
@@ -149,6 +156,17 @@ class MessagingActivities:
         if not message.transactional and not user.subscribed:
             return "user unsubscribed"
         return None
+
+    async def _stale_source(self, db: AsyncSession, message: Message) -> str | None:
+        """An automation made inactive or deleted sends nothing more, even for a message
+        already created by a running enrollment."""
+        if message.source != "automation" or not message.source_id:
+            return None
+        active = await db.scalar(select(Automation.active).where(
+            Automation.id == message.source_id, Automation.project_id == message.project_id))
+        if active is None:
+            return "automation deleted"
+        return None if active else "automation inactive"
 
     async def _provider(self, db: AsyncSession, message: Message) -> Any:
         channels = await channel_service.load(db, self._secrets, message.project_id,

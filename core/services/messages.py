@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.crypto import constant_time_equal, hmac_sha256_hex
@@ -77,26 +78,59 @@ async def create_api_message(db: AsyncSession, project_id: str, req: MessageRequ
     user = await db.get(EndUser, (project_id, req.user_id))
     if user is None:
         raise NotFound(f"No user {req.user_id!r} in this project: identify them first")
-    subject, body = req.subject, req.body
-    if req.template_id:
-        template = await load_template(db, project_id, req.template_id, req.channel)
-        subject, body = template.subject, template.body
-    assert body is not None, "the schema requires body or templateId"
-    if req.channel == "EMAIL" and not subject:
-        raise BadRequest("An EMAIL needs a subject (or a template with one)")
-    company = await db.scalar(select(Project.name).where(Project.id == project_id))
-    context = build_context(user=user_context(user), company=company or "", data=req.data)
-    rendered_subject, rendered_body = render_message(req.channel, subject, body, context)
     message_id = new_id("msg")
-    message = Message(
-        id=message_id, project_id=project_id, user_id=user.id, channel=req.channel,
-        subject=rendered_subject, body=rendered_body, status="queued",
-        transactional=req.transactional, template_id=req.template_id, source="api",
-        send_key=message_id, to_address=address_for(req.channel, user),
+    message = await create_keyed_message(
+        db, project_id, user, channel=req.channel, subject=req.subject, body=req.body,
+        template_id=req.template_id, data=req.data, transactional=req.transactional,
+        source="api", source_id=None, send_key=message_id, message_id=message_id,
     )
-    db.add(message)
-    await db.flush()
+    assert message is not None, "a fresh send key cannot exist yet"
     return message
+
+
+async def create_keyed_message(
+    db: AsyncSession, project_id: str, user: EndUser, *, channel: str, subject: str | None,
+    body: str | None, template_id: str | None, send_key: str, source: str,
+    source_id: str | None, transactional: bool, data: dict[str, Any] | None = None,
+    event: dict[str, Any] | None = None, company: str | None = None,
+    message_id: str | None = None,
+) -> Message | None:
+    """Render for `user` and store a queued message under `send_key` (unique per project):
+    None when that key already has a message, so a retried caller never makes two.
+    Used by API sends, automation steps (`{workflowId}:{step}`) and campaigns
+    (`campaign:{id}:{userId}`)."""
+    existing = await db.scalar(select(Message.id).where(
+        Message.project_id == project_id, Message.send_key == send_key))
+    if existing is not None:
+        return None
+    if template_id:
+        template = await load_template(db, project_id, template_id, channel)
+        subject, body = template.subject, template.body
+    if body is None:
+        raise BadRequest("A message needs a body or a templateId")
+    if channel == "EMAIL" and not subject:
+        raise BadRequest("An EMAIL needs a subject (or a template with one)")
+    if company is None:
+        company = await db.scalar(select(Project.name).where(Project.id == project_id)) or ""
+    context = build_context(user=user_context(user), company=company, event=event, data=data)
+    rendered_subject, rendered_body = render_message(channel, subject, body, context)
+    message = Message(
+        id=message_id or new_id("msg"), project_id=project_id, user_id=user.id,
+        channel=channel, subject=rendered_subject, body=rendered_body, status="queued",
+        transactional=transactional, template_id=template_id, source=source,
+        source_id=source_id, send_key=send_key, to_address=address_for(channel, user),
+    )
+    # ON CONFLICT: two concurrent callers with one key still store a single message.
+    inserted = await db.scalar(
+        pg_insert(Message).values(
+            {c.key: getattr(message, c.key) for c in Message.__table__.columns
+             if getattr(message, c.key) is not None}
+        ).on_conflict_do_nothing(index_elements=["project_id", "send_key"])
+        .returning(Message.id)
+    )
+    if inserted is None:
+        return None
+    return await db.get(Message, inserted)
 
 
 def _filtered(project_id: str, user_id: str | None, channel: str | None,
