@@ -233,6 +233,7 @@ class Message(Base):
         Index("ix_messages_project_user_created", "project_id", "user_id",
               text("created_at DESC")),
         Index("ix_messages_provider_message_id", "provider_message_id"),
+        Index("ix_messages_project_source", "project_id", "source", "source_id"),
     )
 
 
@@ -330,6 +331,9 @@ class Automation(Base):
     )
     exit_event: Mapped[str | None] = mapped_column(String(200), nullable=True)
     steps: Mapped[list[Any]] = mapped_column(JSONB)
+    # Event names this automation reacts to (trigger, exit, every WAIT_FOR_EVENT of every
+    # version): ingestion writes an outbox row only for these, so other events stay cheap.
+    watch_events: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
     active: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     # Bumped on every edit of steps: runs keep the snapshot they started with.
     version: Mapped[int] = mapped_column(Integer, server_default="1")
