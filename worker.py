@@ -73,8 +73,20 @@ def _safe_db(url: str) -> str:
         return "<unparsable DATABASE_URL>"
 
 
-async def connect_temporal(settings: Settings, timeout: float = CONNECT_TIMEOUT_SECONDS) -> Client:
-    """Client.connect, retried with backoff until `timeout` seconds have passed."""
+def _short(exc: BaseException, limit: int = 240) -> str:
+    text = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+async def connect_temporal(
+    settings: Settings,
+    timeout: float = CONNECT_TIMEOUT_SECONDS,
+    stop: asyncio.Event | None = None,
+) -> Client | None:
+    """Client.connect, retried with backoff until `timeout` seconds have passed.
+
+    Returns None when `stop` is set while waiting (SIGTERM before Temporal was up)."""
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay, attempt = 0.5, 0
@@ -88,11 +100,14 @@ async def connect_temporal(settings: Settings, timeout: float = CONNECT_TIMEOUT_
             if loop.time() + delay >= deadline:
                 raise WorkerError(
                     f"cannot reach Temporal at {settings.temporal_address} after {attempt} "
-                    f"attempts in {timeout:.0f} s ({exc}); is TEMPORAL_ADDRESS right?"
+                    f"attempts in {timeout:.0f} s ({_short(exc)}); is TEMPORAL_ADDRESS right?"
                 ) from exc
             log.warning("Temporal at %s not reachable yet (attempt %d): %s; retrying in %.1f s",
-                        settings.temporal_address, attempt, str(exc).splitlines()[0], delay)
-            await asyncio.sleep(delay)
+                        settings.temporal_address, attempt, _short(exc), delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            if stop.is_set():
+                return None
             delay = min(delay * 2, 5.0)
 
 
@@ -109,7 +124,11 @@ async def run_worker(
         log.info("connecting to Temporal at %s (namespace %s); database %s",
                  settings.temporal_address, settings.temporal_namespace,
                  _safe_db(settings.database_url))
-        client = await connect_temporal(settings, connect_timeout)
+        stop = stop or asyncio.Event()
+        client = await connect_temporal(settings, connect_timeout, stop)
+        if client is None:
+            log.info("stopped before Temporal was reachable")
+            return
         deps = WorkerDeps(
             settings=settings, engine=engine, sessions=make_sessionmaker(engine),
             secrets=SecretBox(settings.secret_key), http=http,
@@ -125,7 +144,7 @@ async def run_worker(
         )
         log.info("worker serving task queue %r (%d workflows, %d activities)",
                  settings.temporal_task_queue, len(WORKFLOWS), len(activities))
-        await _serve(worker, stop or asyncio.Event())
+        await _serve(worker, stop)
     finally:
         await http.aclose()
         await engine.dispose()

@@ -221,7 +221,10 @@ def _process_start_time(pid: int) -> float | None:
     try:
         import psutil
 
-        return float(psutil.Process(pid).create_time())
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return float(proc.create_time())
     except Exception:
         return None
 
@@ -294,9 +297,23 @@ class DevStack:
         self.out.say(f"Starting Retenshun dev stack in {self.data_dir}")
         self._start_catcher()
         self._check()
-        self._start_postgres(base)
-        self._check()
-        self._start_temporal(base)
+        # Temporal starts beside PostgreSQL (they do not depend on each other).
+        temporal_failed: list[BaseException] = []
+
+        def start_temporal() -> None:
+            try:
+                self._start_temporal(base)
+            except BaseException as exc:
+                temporal_failed.append(exc)
+
+        starter = threading.Thread(target=start_temporal, name="start-temporal", daemon=True)
+        starter.start()
+        try:
+            self._start_postgres(base)
+        finally:
+            starter.join()
+        if temporal_failed:
+            raise temporal_failed[0]
         self._check()
         self.out.say("Applying migrations…")
         from core.migrate import upgrade
@@ -308,7 +325,7 @@ class DevStack:
                            f"{_first_line(exc)}") from exc
         self._check()
 
-        env = self._child_env(secret)
+        env = self._child_env(secret, base)
         self.settings = Settings(  # type: ignore[call-arg]
             RETENSHUN_ENV="dev", DATABASE_URL=self.database_url,
             TEMPORAL_ADDRESS=self.temporal_address, RETENSHUN_SECRET_KEY=secret,
@@ -337,18 +354,19 @@ class DevStack:
             recorded = json.loads(self.pids_file.read_text())
         except (OSError, ValueError):
             return
-        for name, (pid, started) in recorded.items():
-            if started is None or _process_start_time(pid) != started:
-                continue
+        alive = {name: (pid, started) for name, (pid, started) in recorded.items()
+                 if started is not None and _process_start_time(pid) == started}
+        for name, (pid, _) in alive.items():
             self.out.say(f"Stopping a leftover {name} (pid {pid}) from a run that was killed")
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and _process_start_time(pid) == started:
-                time.sleep(0.1)
+        deadline = time.monotonic() + 15
+        while alive and time.monotonic() < deadline:
+            alive = {n: v for n, v in alive.items() if _process_start_time(v[0]) == v[1]}
+            time.sleep(0.1)
+        for pid, _ in alive.values():
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                if _process_start_time(pid) == started:
-                    os.killpg(pid, signal.SIGKILL)
+                os.killpg(pid, signal.SIGKILL)
         self.pids_file.unlink(missing_ok=True)
 
     def _write_pids(self) -> None:
@@ -468,14 +486,16 @@ class DevStack:
         self.temporal_address = f"127.0.0.1:{self.temporal_port}"
         self.temporal_ui_url = f"http://127.0.0.1:{self.temporal_ui_port}"
 
-    def _child_env(self, secret: str) -> dict[str, str]:
+    def _child_env(self, secret: str, base: Settings) -> dict[str, str]:
         env = dict(os.environ)
+        # A public URL set by the developer (a tunnel, for provider webhooks) is kept.
+        public_url = base.public_url if "public_url" in base.model_fields_set else self.base_url
         env.update({
             "RETENSHUN_ENV": "dev",
             "DATABASE_URL": self.database_url,
             "TEMPORAL_ADDRESS": self.temporal_address,
             "RETENSHUN_DEV_MAIL_DIR": str(self.mail_dir),
-            "RETENSHUN_PUBLIC_URL": self.base_url,
+            "RETENSHUN_PUBLIC_URL": public_url,
             "RETENSHUN_SMTP_CATCHER": f"127.0.0.1:{self.smtp_port}",
             "RETENSHUN_SECRET_KEY": secret,
             "PYTHONUNBUFFERED": "1",

@@ -46,3 +46,16 @@ async def test_worker_gives_up_on_unreachable_temporal_with_a_clear_error(
     with pytest.raises(WorkerError, match=expected):
         await run_worker(nowhere, connect_timeout=2)
     assert time.monotonic() - started < 15
+
+
+async def test_worker_stops_promptly_while_still_waiting_for_temporal(settings: Settings) -> None:
+    nowhere = settings.model_copy(update={"temporal_address": f"127.0.0.1:{free_port()}"})
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(nowhere, stop=stop, connect_timeout=60))
+    await asyncio.sleep(1)
+    assert not task.done()
+    started = time.monotonic()
+    stop.set()  # what SIGTERM does in worker.main()
+    await asyncio.wait_for(task, 10)
+    assert task.exception() is None
+    assert time.monotonic() - started < 6
