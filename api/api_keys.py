@@ -62,7 +62,7 @@ async def create_key(body: KeyCreate, ctx: AdminSession, db: SessionDep) -> KeyC
     return KeyCreated(**KeyRead.model_validate(key).model_dump(), key=full)
 
 
-@router.delete("", response_model=Deleted, responses=errors(400, 401, 403, 404, 429))
+@router.delete("", response_model=Deleted, responses=errors(400, 401, 403, 404, 413, 429))
 async def revoke_key(body: KeyRevoke, ctx: AdminSession, db: SessionDep) -> Deleted:
     """Revoke by id: the key answers 401 from the next request on."""
     await key_service.revoke_key(db, project_id=ctx.project_id, key_id=body.id)

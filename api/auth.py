@@ -110,7 +110,7 @@ async def me(ctx: DashboardSession, db: SessionDep) -> MeResponse:
 
 
 @router.post("/accept-invite", response_model=LoginResponse,
-             responses=errors(400, 401, 413, 429), dependencies=[Anonymous])
+             responses=errors(400, 401, 409, 413, 429), dependencies=[Anonymous])
 async def accept_invite(body: AcceptInviteBody, request: Request, response: Response,
                         db: SessionDep, state: StateDep) -> LoginResponse:
     """Join the inviting project with the invite's token (single use, expires) and log in."""

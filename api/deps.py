@@ -71,9 +71,17 @@ async def _rate_limit(request: Request, state: AppState, kind: str, key: str) ->
         )
 
 
+async def _rate_limit_client(request: Request, state: AppState) -> None:
+    """Requests with no (valid) credentials count against the caller's address: they get
+    the RateLimit-* headers too, and guessing keys or passwords is throttled."""
+    client = request.client.host if request.client else "unknown"
+    await _rate_limit(request, state, "api", f"ip:{client}")
+
+
 async def _authenticate_key(request: Request, state: AppState) -> KeyContext:
     key = _presented_key(request)
     if not key:
+        await _rate_limit_client(request, state)
         raise Unauthorized("Missing API key: send it in the x-api-key header")
     async with state.raw_pool.connection() as conn:
         cur = await conn.execute(
@@ -83,6 +91,7 @@ async def _authenticate_key(request: Request, state: AppState) -> KeyContext:
         )
         row = await cur.fetchone()
     if row is None:
+        await _rate_limit_client(request, state)
         raise Unauthorized("Invalid or revoked API key")
     return KeyContext(project_id=row[1], key_id=row[0], kind=row[2])
 
@@ -103,9 +112,10 @@ async def any_key(request: Request, state: StateDep) -> KeyContext:
 
 async def secret_key(request: Request, state: StateDep) -> KeyContext:
     ctx = await _authenticate_key(request, state)
+    # Counted (and headed) before the scope check: a refused call is still a call.
+    await _rate_limit(request, state, "api", ctx.project_id)
     if ctx.kind != "secret":
         raise Forbidden("This endpoint needs a secret key (sk_live_…); public keys may only track")
-    await _rate_limit(request, state, "api", ctx.project_id)
     return ctx
 
 
@@ -119,18 +129,21 @@ async def dashboard_session(
 ) -> auth_service.SessionContext:
     """The dashboard's cookie session. API keys are refused here; writes need X-CSRF-Token."""
     if _presented_key(request):
+        await _rate_limit_client(request, state)
         raise Forbidden("This endpoint takes the dashboard session cookie, not an API key")
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
+        await _rate_limit_client(request, state)
         raise Unauthorized("Not logged in: POST /api/v1/auth/login first")
     ctx = await auth_service.resolve_session(db, token)
     if ctx is None:
+        await _rate_limit_client(request, state)
         raise Unauthorized("Session expired or logged out: log in again")
+    await _rate_limit(request, state, "api", ctx.project_id)
     if request.method in UNSAFE_METHODS:
         sent = request.headers.get("x-csrf-token", "")
         if not sent or not constant_time_equal(sent, ctx.csrf_token):
             raise Forbidden("Missing or wrong X-CSRF-Token (the csrfToken returned at login)")
-    await _rate_limit(request, state, "api", ctx.project_id)
     return ctx
 
 
@@ -148,8 +161,7 @@ AdminSession = Annotated[auth_service.SessionContext, Depends(admin_session)]
 
 async def anonymous(request: Request, state: StateDep) -> None:
     """Unauthenticated routes (signup, login) are rate limited per client address."""
-    client = request.client.host if request.client else "unknown"
-    await _rate_limit(request, state, "api", f"ip:{client}")
+    await _rate_limit_client(request, state)
 
 
 Anonymous = Depends(anonymous)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from http import HTTPStatus
 from typing import Any
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import RetenshunError, TooManyRequests
+from core.schemas import ErrorBody
 
 log = logging.getLogger("retenshun.api")
 
@@ -81,4 +83,60 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "An internal error occurred; it has been logged.")
+        return internal_error_response()
+
+    _document_errors(app)
+
+
+def internal_error_response() -> JSONResponse:
+    """The one 500 body: what happened stays in the log, never in the response."""
+    return error_response(500, "An internal error occurred; it has been logged.")
+
+
+def _document_errors(app: FastAPI) -> None:
+    """Make /openapi.json tell the truth about errors: validation is a 400 in the contract's
+    body (FastAPI would document a 422 that never happens), errors are JSON whatever the
+    success type, and any operation can fail with a 500 in the same body."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        error_ref = {"$ref": "#/components/schemas/ErrorBody"}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                had_422 = responses.pop("422", None) is not None
+                if had_422 and "400" not in responses:
+                    responses["400"] = {
+                        "description": "Malformed JSON or a body/query that fails validation "
+                                       "(with `details`)",
+                        "content": {"application/json": {"schema": error_ref}},
+                    }
+                for code, response in responses.items():
+                    # Errors always leave as JSON (the handlers above), also from a route
+                    # whose success is HTML: FastAPI would document them in its media type.
+                    content = response.get("content", {})
+                    if code[0] in "45" and "application/json" not in content and any(
+                        media.get("schema") == error_ref for media in content.values()
+                    ):
+                        response["content"] = {"application/json": {"schema": error_ref}}
+                responses.setdefault("500", {
+                    "description": "Internal error (logged; the body never carries a traceback)",
+                    "content": {"application/json": {"schema": error_ref}},
+                })
+        components = schema.get("components", {}).get("schemas", {})
+        if "ErrorBody" not in components:
+            components["ErrorBody"] = ErrorBody.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            for name, sub in components["ErrorBody"].pop("$defs", {}).items():
+                components.setdefault(name, sub)
+        for unused in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422 models
+            if f'"#/components/schemas/{unused}"' not in json.dumps(schema):
+                components.pop(unused, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.errors import RetenshunError
-
 MAX_BODY_BYTES = 1024 * 1024
+log = logging.getLogger("retenshun.api")
 
 
-class BodyTooLarge(RetenshunError):
-    status = 413
+class BodyTooLarge(HTTPException):
+    """An HTTPException on purpose: FastAPI re-raises those from its body reader (any other
+    exception there becomes a 400 "error parsing the body"), and the handler makes the 413."""
+
+    def __init__(self, message: str):
+        super().__init__(status_code=413, detail=message)
 
 
 class BodyLimitMiddleware:
@@ -55,7 +61,13 @@ class BodyLimitMiddleware:
 
 
 class RateLimitHeadersMiddleware:
-    """Copies the rate-limit state that the auth dependency left in scope["state"] to headers."""
+    """Copies the rate-limit state that the auth dependency left in scope["state"] to headers.
+
+    It also answers an unhandled exception itself (the contract's 500 body) and logs it.
+    Starlette's own 500 is made outside every middleware, so it would lose these headers,
+    and it re-raises to the server, which then drops the keep-alive connection without
+    saying so: a client's next request on it fails with a connection reset.
+    """
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -65,8 +77,12 @@ class RateLimitHeadersMiddleware:
             await self.app(scope, receive, send)
             return
 
+        started = False
+
         async def send_with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 state = scope.get("state", {}).get("ratelimit")
                 if state is not None:
                     headers = list(message.get("headers", []))
@@ -78,4 +94,12 @@ class RateLimitHeadersMiddleware:
                     message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            if started:
+                raise
+            from api.errors import internal_error_response
+
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            await internal_error_response()(scope, receive, send_with_headers)

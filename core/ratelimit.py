@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from limits import RateLimitItem, RateLimitItemPerSecond, parse
 from limits.aio.storage import MemoryStorage, Storage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 
 
@@ -41,7 +41,11 @@ class RateLimiter:
         else:
             storage = MemoryStorage()
         self.storage = storage
-        self._strategy = SlidingWindowCounterRateLimiter(storage)
+        # A moving window is exact: N per window means N in *any* window-long span, and
+        # Retry-After is when the oldest counted request leaves it. (The sliding-window
+        # counter approximates with the previous window's count rounded down, so a burst
+        # across a window boundary got one request or more over the limit.)
+        self._strategy = MovingWindowRateLimiter(storage)
 
     async def hit(self, kind: str, key: str) -> RateLimitState:
         item = self.items[kind]

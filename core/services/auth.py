@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from pwdlib import PasswordHash
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.crypto import SecretBox, sha256_hex
@@ -86,6 +87,12 @@ async def signup(
         raise Conflict("An account with this email already exists: log in instead")
     account = Account(id=new_id("usr"), email=email, password_hash=await hash_password(password))
     db.add(account)
+    try:
+        # Two signups with one email can both pass the check above (hashing takes ~100 ms):
+        # the unique index decides, and the loser gets the same 409, not a 500.
+        await db.flush()
+    except IntegrityError as exc:
+        raise Conflict("An account with this email already exists: log in instead") from exc
     project = await create_project(db, secrets, project_name)
     db.add(Membership(account_id=account.id, project_id=project.id, role="ADMIN"))
     await db.flush()
@@ -157,7 +164,7 @@ async def list_members(db: AsyncSession, project_id: str) -> list[tuple[Account,
         .where(Membership.project_id == project_id)
         .order_by(Membership.created_at)
     )
-    return [(a, m) for a, m in rows.tuples()]
+    return [(a, m) for a, m in rows]
 
 
 async def list_pending_invites(db: AsyncSession, project_id: str) -> list[Invite]:
@@ -213,9 +220,21 @@ async def accept_invite(
         db.add(account)
     elif not await verify_password(password, account.password_hash):
         raise Unauthorized("This email already has an account: give its password to join")
-    db.add(Membership(account_id=account.id, project_id=invite.project_id, role=invite.role))
+    # Already a member (e.g. a second invite to the same address, the first one accepted):
+    # the link still logs in, with the role the member has; the invite is used up.
+    role = await db.scalar(
+        select(Membership.role).where(
+            Membership.account_id == account.id, Membership.project_id == invite.project_id
+        )
+    )
+    if role is None:
+        role = invite.role
+        db.add(Membership(account_id=account.id, project_id=invite.project_id, role=role))
     invite.status = "ACCEPTED"
     invite.accepted_at = _now()
-    await db.flush()
+    try:
+        await db.flush()
+    except IntegrityError as exc:  # the same email accepting two invites at the same instant
+        raise Conflict("This account was just created or joined: log in instead") from exc
     project = await get_project(db, invite.project_id)
-    return await _open_session(db, account, project, invite.role, ttl_seconds)
+    return await _open_session(db, account, project, role, ttl_seconds)
