@@ -123,12 +123,17 @@ class Dev:
             pytest.fail(f"`retenshun dev` did not exit within {timeout} s:\n{self.output}")
 
     def kill(self) -> None:
+        """After a failure: nothing of this run may outlive the test."""
         for pid in _descendants(self.proc.pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         self.proc.kill()
+        try:
+            os.kill(self.postgres_pid(), signal.SIGINT)  # PostgreSQL's fast shutdown
+        except (OSError, ValueError, IndexError):
+            pass
 
     def postgres_pid(self) -> int:
         return int((self.data_dir / "pg" / "postmaster.pid").read_text().splitlines()[0])
