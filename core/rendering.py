@@ -26,13 +26,37 @@ MAX_OUTPUT_CHARS = 512_000
 CHANNELS = ("EMAIL", "PUSH", "SMS", "IN_APP")
 
 
+MAX_EXPONENT = 64
+
+
 class _StrictSandbox(ImmutableSandboxedEnvironment):
+    # Intercepting these also stops Jinja from folding `'a' * 10**9` at compile time.
+    intercepted_binops = frozenset({"*", "**"})
+
     def unsafe_undefined(self, obj: Any, attribute: str) -> Any:
         raise SecurityError(f"access to attribute {attribute!r} is not allowed in templates")
 
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        """Refuse arithmetic that would build huge values before the output cap can act."""
+        if operator == "**":
+            if (isinstance(right, int | float) and abs(right) > MAX_EXPONENT
+                    and isinstance(left, int | float) and abs(left) > 1):
+                raise SecurityError(f"exponents above {MAX_EXPONENT} are not allowed")
+            return left**right
+        for seq, times in ((left, right), (right, left)):
+            if (isinstance(seq, str | list | tuple) and isinstance(times, int)
+                    and len(seq) * times > MAX_OUTPUT_CHARS):
+                raise SecurityError("a repetition that large is not allowed")
+        return left * right
 
-_plain = _StrictSandbox(undefined=ChainableUndefined, autoescape=False)
-_html = _StrictSandbox(undefined=ChainableUndefined, autoescape=True)
+
+def _blank_none(value: Any) -> Any:
+    """A missing or null value renders empty, never as the text "None"."""
+    return "" if value is None else value
+
+
+_plain = _StrictSandbox(undefined=ChainableUndefined, autoescape=False, finalize=_blank_none)
+_html = _StrictSandbox(undefined=ChainableUndefined, autoescape=True, finalize=_blank_none)
 
 
 class TemplateInvalid(BadRequest):
