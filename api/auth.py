@@ -56,11 +56,16 @@ class LoggedOut(ReadModel):
     logged_out: bool = True
 
 
+def _secure_cookie(state: StateDep) -> bool:
+    """Secure when asked to, and whenever the product is served over https."""
+    return state.settings.cookie_secure or state.settings.public_url.startswith("https://")
+
+
 def _login_response(response: Response, result: auth_service.LoginResult, state: StateDep,
                     ) -> LoginResponse:
     response.set_cookie(
         SESSION_COOKIE, result.session_token, max_age=state.settings.session_ttl_seconds,
-        httponly=True, samesite="lax", secure=state.settings.cookie_secure, path="/",
+        httponly=True, samesite="lax", secure=_secure_cookie(state), path="/",
     )
     return LoginResponse(
         user=AccountRead(id=result.account.id, email=result.account.email, role=result.role),
@@ -94,9 +99,11 @@ async def login(body: LoginBody, response: Response, db: SessionDep, state: Stat
 
 
 @router.post("/logout", response_model=LoggedOut, responses=errors(401, 403, 429))
-async def logout(ctx: DashboardSession, response: Response, db: SessionDep) -> LoggedOut:
+async def logout(ctx: DashboardSession, response: Response, db: SessionDep, state: StateDep,
+                 ) -> LoggedOut:
     await auth_service.logout(db, ctx.token_hash)
-    response.delete_cookie(SESSION_COOKIE, path="/")
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax",
+                           secure=_secure_cookie(state))
     return LoggedOut()
 
 

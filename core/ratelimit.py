@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -10,6 +11,8 @@ from limits import RateLimitItem, RateLimitItemPerSecond, parse
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
+
+log = logging.getLogger("retenshun.ratelimit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +39,8 @@ class RateLimiter:
         if redis_url:
             scheme = redis_url.split("://", 1)[0]
             storage = storage_from_string(
-                f"async+{scheme}://{redis_url.split('://', 1)[1]}", implementation="redispy"
+                f"async+{scheme}://{redis_url.split('://', 1)[1]}", implementation="redispy",
+                socket_timeout=1.0, socket_connect_timeout=1.0,
             )
         else:
             storage = MemoryStorage()
@@ -46,10 +50,20 @@ class RateLimiter:
         # counter approximates with the previous window's count rounded down, so a burst
         # across a window boundary got one request or more over the limit.)
         self._strategy = MovingWindowRateLimiter(storage)
+        self._last_failure_log = 0.0
 
     async def hit(self, kind: str, key: str) -> RateLimitState:
         item = self.items[kind]
-        allowed = await self._strategy.hit(item, kind, key)
-        stats = await self._strategy.get_window_stats(item, kind, key)
+        try:
+            allowed = await self._strategy.hit(item, kind, key)
+            stats = await self._strategy.get_window_stats(item, kind, key)
+        except Exception:
+            # The shared store (Redis) is down or slow: serve unlimited rather than fail
+            # every request, ingestion included. Logged, at most every 10 s.
+            now = time.monotonic()
+            if now - self._last_failure_log > 10:
+                self._last_failure_log = now
+                log.exception("rate-limit store unavailable; requests are not limited")
+            return RateLimitState(True, item.amount, item.amount, item.get_expiry())
         reset = max(0, math.ceil(stats.reset_time - time.time()))
         return RateLimitState(allowed, item.amount, max(0, stats.remaining), reset)

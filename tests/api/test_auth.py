@@ -86,6 +86,7 @@ def test_signup_creates_account_project_admin_and_sets_a_safe_cookie(api_url: st
     assert "httponly" in attrs
     assert "samesite=lax" in attrs
     assert "path=/" in attrs
+    assert "secure" not in attrs  # served over plain http here (see the https test)
     token = _cookie_value(r)
     assert len(token) >= 40  # 256 random bits
     assert token != body["csrfToken"]
@@ -298,6 +299,37 @@ def test_session_ttl_setting_expires_sessions(
             time.sleep(1.2)
             body = assert_error(authed.get("/auth/me"), 401)
             assert "expired" in body["message"].lower()
+
+
+def test_expired_sessions_are_swept_at_the_next_login(
+    tenant: Tenant, db: psycopg.Connection
+) -> None:
+    with _client(tenant.base) as c:
+        r = c.post("/auth/login", json={"email": tenant.email, "password": tenant.password})
+        token_hash = hashlib.sha256(_cookie_value(r).encode()).hexdigest()
+        db.execute("UPDATE auth_sessions SET expires_at = now() - interval '1 minute' "
+                   "WHERE token_hash = %s", (token_hash,))
+        assert c.post("/auth/login", json={"email": tenant.email, "password": tenant.password}
+                      ).status_code == 200
+    gone = db.execute("SELECT count(*) FROM auth_sessions WHERE token_hash = %s", (token_hash,))
+    assert gone.fetchone() == (0,)
+    assert tenant.dashboard.get("/auth/me").status_code == 200  # live sessions stay
+
+
+def test_cookie_is_secure_when_served_over_https(
+    database_url: str, temporal_address: str, tenant: Tenant
+) -> None:
+    settings = make_settings(database_url, temporal_address,
+                             RETENSHUN_PUBLIC_URL="https://app.example.com")
+    with serve_api(settings) as url, _client(url) as c:
+        r = c.post("/auth/login", json={"email": tenant.email, "password": tenant.password})
+        assert r.status_code == 200, r.text
+        attrs = [a.strip().lower() for a in r.headers["set-cookie"].split(";")]
+        assert "secure" in attrs and "httponly" in attrs and "samesite=lax" in attrs
+        with _with_cookie(url, _cookie_value(r), r.json()["csrfToken"]) as authed:
+            out = authed.post("/auth/logout")
+            assert out.status_code == 200
+            assert "secure" in out.headers["set-cookie"].lower()
 
 
 # --- CSRF and credential kinds -----------------------------------------------------------------

@@ -332,6 +332,22 @@ def test_without_redis_each_process_counts_alone(
         assert c2.get("/events").status_code == 200
 
 
+def test_rate_limit_store_down_does_not_take_the_api_down(
+    database_url: str, temporal_address: str, shared: Tenant
+) -> None:
+    settings = make_settings(database_url, temporal_address,
+                             RETENSHUN_REDIS_URL="redis://127.0.0.1:1/0")
+    with serve_api(settings) as url, _client(url, shared.secret_key) as c:
+        started = time.monotonic()
+        r = c.get("/events")
+        ingest = c.post("/events", json={"userId": "no-redis", "eventName": "e"})
+        elapsed = time.monotonic() - started
+    assert r.status_code == 200, r.text
+    assert ingest.status_code == 202, ingest.text
+    assert elapsed < 5
+    _rate(r)
+
+
 # --- 500 ---------------------------------------------------------------------------------------
 
 
