@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -246,11 +246,22 @@ def limited(database_url: str, temporal_address: str) -> Iterator[str]:
         yield url
 
 
+def _burst(send: Callable[[], list[httpx.Response]]) -> list[httpx.Response]:
+    """Requests that must all land within one window (1 s). On a machine too busy for that,
+    wait for the window to empty and try again, rather than assert on a wider spread."""
+    for _ in range(3):
+        started = time.monotonic()
+        responses = send()
+        if time.monotonic() - started < 0.9:
+            return responses
+        time.sleep(1.1)
+    pytest.fail("could not send the burst within one second on this machine")
+
+
 def test_fourth_request_in_a_second_is_429(limited: str, api_url: str) -> None:
     a = signup(api_url)  # signed up on the main server: the limited one allows 3/s per address
     with _client(limited, a.secret_key) as c:
-        seen = [c.get("/events") for _ in range(3)]
-        over = c.get("/events")
+        *seen, over = _burst(lambda: [c.get("/events") for _ in range(4)])
     for r in seen:
         assert r.status_code == 200, r.text
     assert [_rate(r)[:2] for r in seen] == [(3, 2), (3, 1), (3, 0)]
@@ -273,10 +284,10 @@ def test_fourth_request_in_a_second_is_429(limited: str, api_url: str) -> None:
 def test_rate_limits_are_per_project(limited: str, api_url: str) -> None:
     a, b = signup(api_url), signup(api_url)
     with _client(limited, a.secret_key) as ca, _client(limited, b.secret_key) as cb:
-        for _ in range(3):
-            assert ca.get("/events").status_code == 200
-        assert_error(ca.get("/events"), 429)
-        fresh = cb.get("/events")
+        *seen, over, fresh = _burst(lambda: [ca.get("/events") for _ in range(4)]
+                                    + [cb.get("/events")])
+        assert [r.status_code for r in seen] == [200, 200, 200]
+        assert_error(over, 429)
         assert fresh.status_code == 200, fresh.text
         assert _rate(fresh)[:2] == (3, 2)
 
@@ -284,10 +295,10 @@ def test_rate_limits_are_per_project(limited: str, api_url: str) -> None:
 def test_ingestion_has_its_own_bucket(limited: str, api_url: str) -> None:
     a = signup(api_url)
     with _client(limited, a.secret_key) as c:
-        for _ in range(3):
-            assert c.get("/events").status_code == 200
-        assert_error(c.get("/events"), 429)
-        r = c.post("/events", json={"userId": "u", "eventName": "e"})
+        *seen, over, r = _burst(lambda: [c.get("/events") for _ in range(4)]
+                                + [c.post("/events", json={"userId": "u", "eventName": "e"})])
+        assert [x.status_code for x in seen] == [200, 200, 200]
+        assert_error(over, 429)
         assert r.status_code == 202, r.text
         assert _rate(r)[0] > 3
 
@@ -310,11 +321,14 @@ def test_redis_shares_the_limit_across_api_processes(
     tenant, other = signup(api_url), signup(api_url)
     with serve_api(settings) as one, serve_api(settings) as two, \
             _client(one, tenant.secret_key) as c1, _client(two, tenant.secret_key) as c2:
-        r1, r2, r3 = c1.get("/events"), c2.get("/events"), c1.get("/events")
+        r1, r2, r3, over2, over1 = _burst(lambda: [
+            c1.get("/events"), c2.get("/events"), c1.get("/events"),
+            c2.get("/events"), c1.get("/events"),
+        ])
         assert [r.status_code for r in (r1, r2, r3)] == [200, 200, 200]
         assert [_rate(r)[1] for r in (r1, r2, r3)] == [2, 1, 0]
-        assert_error(c2.get("/events"), 429)
-        assert_error(c1.get("/events"), 429)
+        assert_error(over2, 429)
+        assert_error(over1, 429)
         # Another project is not affected, on either server.
         with _client(two, other.secret_key) as o:
             assert o.get("/events").status_code == 200
@@ -328,8 +342,11 @@ def test_without_redis_each_process_counts_alone(
     tenant = signup(api_url)
     with serve_api(settings) as one, serve_api(settings) as two, \
             _client(one, tenant.secret_key) as c1, _client(two, tenant.secret_key) as c2:
-        assert [c1.get("/events").status_code for _ in range(3)] == [200] * 3
-        assert c2.get("/events").status_code == 200
+        *first, second = _burst(lambda: [c1.get("/events") for _ in range(3)]
+                                + [c2.get("/events")])
+        assert [r.status_code for r in first] == [200] * 3
+        assert second.status_code == 200
+        assert _rate(second)[1] == 2  # its own count, not the other process's
 
 
 def test_rate_limit_store_down_does_not_take_the_api_down(
