@@ -23,19 +23,24 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.automations import AutomationActivities
 from activities.health import HealthActivities
 from activities.messaging import MessagingActivities
 from activities.receipts import ReceiptActivities
 from core.crypto import SecretBox
 from core.db import make_async_engine, make_sessionmaker, sqlalchemy_url
 from core.settings import Settings, get_settings
+from workflows.dispatcher import OutboxDispatcher
+from workflows.enrollment import AutomationEnrollmentWorkflow
 from workflows.ping import WorkerPingWorkflow
 from workflows.receipt import ProcessReceiptWorkflow
 from workflows.send_message import SendMessageWorkflow
 
 log = logging.getLogger("retenshun.worker")
 
-WORKFLOWS: list[type] = [WorkerPingWorkflow, SendMessageWorkflow, ProcessReceiptWorkflow]
+WORKFLOWS: list[type] = [
+    WorkerPingWorkflow, SendMessageWorkflow, ProcessReceiptWorkflow, AutomationEnrollmentWorkflow,
+]
 
 # How long a starting worker waits for Temporal before giving up (it may start first).
 CONNECT_TIMEOUT_SECONDS = 60.0
@@ -63,7 +68,12 @@ def build_activities(deps: WorkerDeps) -> list[Callable[..., Any]]:
     health = HealthActivities(deps.sessions)
     messaging = MessagingActivities(deps.sessions, deps.secrets, deps.settings, deps.http)
     receipts = ReceiptActivities(deps.sessions)
-    return [health.ping_database, messaging.deliver, messaging.mark_failed, receipts.process]
+    automations = AutomationActivities(deps.sessions, messaging)
+    return [
+        health.ping_database, messaging.deliver, messaging.mark_failed, receipts.process,
+        automations.begin, automations.record_step, automations.finish,
+        automations.evaluate_branch, automations.send_step,
+    ]
 
 
 def _safe_db(url: str) -> str:
@@ -144,7 +154,15 @@ async def run_worker(
         )
         log.info("worker serving task queue %r (%d workflows, %d activities)",
                  settings.temporal_task_queue, len(WORKFLOWS), len(activities))
-        await _serve(worker, stop)
+        # The outbox dispatcher turns ingested triggers into enrollment workflows.
+        dispatcher = OutboxDispatcher(deps.sessions, client, settings)
+        dispatching = asyncio.create_task(dispatcher.run(stop), name="outbox-dispatcher")
+        try:
+            await _serve(worker, stop)
+        finally:
+            stop.set()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(dispatching, 10)
     finally:
         await http.aclose()
         await engine.dispose()

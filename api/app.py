@@ -11,6 +11,7 @@ from fastapi import APIRouter, FastAPI
 from api import (
     api_keys,
     auth,
+    automations,
     channels,
     dev_mail,
     events,
@@ -72,7 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     v1 = APIRouter(prefix=API_PREFIX)
-    for module in (auth, api_keys, team, events, users, templates, channels, messages,
+    for module in (auth, api_keys, team, events, users, automations, templates, channels,
+                   messages,
                    webhooks, inbox, news, health):
         v1.include_router(module.router)
     app.include_router(v1)

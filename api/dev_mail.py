@@ -35,7 +35,8 @@ def _parse(path: Path) -> CaughtMail:
     raw = path.read_bytes()
     envelope, _, data = raw.partition(b"\n\n")
     meta = dict(line.split(": ", 1) for line in envelope.decode().splitlines() if ": " in line)
-    msg = email.message_from_bytes(data, policy=email.policy.default)
+    # SMTP delivers CRLF line endings; show plain newlines.
+    msg = email.message_from_bytes(data.replace(b"\r\n", b"\n"), policy=email.policy.default)
     text = msg.get_body(("plain",))  # type: ignore[attr-defined]
     html = msg.get_body(("html",))  # type: ignore[attr-defined]
     return CaughtMail(

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(10, alias="RETENSHUN_DB_POOL_SIZE")
     # Set by `retenshun dev`: where the local SMTP catcher drops mail for GET /dev/mail.
     dev_mail_dir: str | None = Field(None, alias="RETENSHUN_DEV_MAIL_DIR")
+    # Tag enrollment runs with projectId/automationId/userId search attributes (registered
+    # by `retenshun dev`; register them on a production cluster or set this false).
+    temporal_search_attributes: bool = Field(True, alias="RETENSHUN_TEMPORAL_SEARCH_ATTRIBUTES")
     # How long POST /messages waits for the send before answering `queued`.
     message_wait_seconds: float = Field(3.0, alias="RETENSHUN_MESSAGE_WAIT_SECONDS")
     # Set by `retenshun dev`: new projects' email channel points at this SMTP catcher.

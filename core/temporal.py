@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import quote
 
 from temporalio.client import Client
 
@@ -51,3 +52,16 @@ def send_message_workflow_id(message_id: str) -> str:
 
 def receipt_workflow_id(project_id: str, receipt_id: str) -> str:
     return f"receipt:{project_id}:{receipt_id}"
+
+
+def enrollment_workflow_id(automation_id: str, user_id: str) -> str:
+    """One id per (automation, user): Temporal itself keeps one running enrollment."""
+    return f"enroll:{automation_id}:{user_id}"
+
+
+def workflow_ui_url(ui_base: str, namespace: str, workflow_id: str, run_id: str | None = None,
+                    ) -> str:
+    """A link into the Temporal UI for operators."""
+    url = (f"{ui_base.rstrip('/')}/namespaces/{quote(namespace)}/workflows/"
+           f"{quote(workflow_id, safe='')}")
+    return f"{url}/{run_id}/history" if run_id else url

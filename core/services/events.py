@@ -83,10 +83,37 @@ WITH ev AS (
 """
     + _UPSERT_USERS_TAIL
     + """
+), ob AS (
+    -- Only events some automation watches (trigger, exit, WAIT_FOR_EVENT) go to the
+    -- outbox, in this same transaction; the worker's dispatcher takes it from there.
+    INSERT INTO outbox (project_id, kind, payload)
+    SELECT %(project_id)s, 'event', jsonb_build_object(
+        'eventId', ev.id, 'userId', %(user_id)s::text, 'eventName', %(event_name)s::text,
+        'properties', %(properties)s::jsonb, 'timestamp', ev.timestamp)
+    FROM ev
+    WHERE EXISTS (SELECT 1 FROM automations a WHERE a.project_id = %(project_id)s
+                  AND %(event_name)s::text = ANY(a.watch_events))
+    RETURNING id
+), wake AS (
+    SELECT pg_notify('retenshun_outbox', '') FROM ob LIMIT 1
 )
-SELECT id FROM ev
+SELECT id, (SELECT count(*) FROM wake) FROM ev
 """
 )
+
+_OUTBOX_BATCH = """
+WITH ob AS (
+    INSERT INTO outbox (project_id, kind, payload)
+    SELECT %(project_id)s::text, 'event', jsonb_build_object(
+        'eventId', i, 'userId', u, 'eventName', n, 'properties', p::jsonb, 'timestamp', t)
+    FROM unnest(%(ids)s::text[], %(users)s::text[], %(names)s::text[], %(props)s::text[],
+                %(ts)s::timestamptz[]) AS x(i, u, n, p, t)
+    WHERE n = ANY(ARRAY(SELECT DISTINCT unnest(a.watch_events) FROM automations a
+                        WHERE a.project_id = %(project_id)s::text))
+    RETURNING id
+)
+SELECT pg_notify('retenshun_outbox', '') FROM ob LIMIT 1
+"""
 
 _INSERT_BATCH = """
 INSERT INTO events (id, project_id, user_id, event_name, properties, timestamp,
@@ -194,6 +221,13 @@ async def track_batch(
                 _UPSERT_BATCH_USERS,
                 {"project_id": project_id, "now": now, **_user_aggregates(inserted)},
             )
+            await conn.execute(_OUTBOX_BATCH, {
+                "project_id": project_id, "ids": [e.id for e in inserted],
+                "users": [e.user_id for e in inserted],
+                "names": [e.event_name for e in inserted],
+                "props": [_dumps(e.properties) for e in inserted],
+                "ts": [e.timestamp for e in inserted],
+            })
     ids: list[str] = []
     for ev in events:
         if ev.id in inserted_ids:

@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import NotFound
-from core.models import EndUser, Event
+from core.models import EndUser, Event, Message
 
 ACTIVE_WINDOW = timedelta(days=30)
 UNSET: Any = object()
@@ -85,8 +85,14 @@ async def list_users(
 
 
 async def delete_user(db: AsyncSession, project_id: str, user_id: str) -> None:
-    """Erase the profile and its events (later: messages, running enrollments)."""
+    """Erase the profile, its events and messages, and stop its running enrollments."""
+    from core.services.automations import cancel_runs, running_workflow_ids
+
     await get_user(db, project_id, user_id)
+    await cancel_runs(db, project_id, await running_workflow_ids(
+        db, project_id, user_id=user_id), "user deleted")
+    await db.execute(
+        delete(Message).where(Message.project_id == project_id, Message.user_id == user_id))
     await db.execute(delete(Event).where(Event.project_id == project_id, Event.user_id == user_id))
     await db.execute(
         delete(EndUser).where(EndUser.project_id == project_id, EndUser.id == user_id)
