@@ -15,6 +15,7 @@ from activities.messaging import MessagingActivities
 from core.db import session_scope
 from core.errors import RetenshunError
 from core.models import Automation, EndUser, Enrollment, Message
+from core.segments import user_matches
 from core.services import messages as message_service
 
 
@@ -145,8 +146,6 @@ class AutomationActivities:
 
     @activity.defn(name="evaluate_branch")
     async def evaluate_branch(self, input: BranchInput) -> bool:
-        from core.segments import user_matches
-
         async with session_scope(self._sessions) as db:
             return await user_matches(db, input.project_id, input.user_id, input.rules)
 

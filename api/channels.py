@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import EmailStr, Field, HttpUrl
+from pydantic import BaseModel, EmailStr, Field, HttpUrl
 
 from api.deps import SESSION_COOKIE, SessionDep, StateDep, dashboard_session, secret_key
 from api.responses import SECRET_ERRORS
@@ -48,6 +48,21 @@ class ChannelsUpdate(ApiModel):
         return {k: (v.rstrip("/") if k.endswith("BaseUrl") and v else v) for k, v in data.items()}
 
 
+class ChannelsView(BaseModel):
+    """Per channel: `provider`, `configured`, the non-secret settings, and for each secret
+    only `has<Name>` (e.g. `hasSmtpPassword`). Secrets are never returned."""
+
+    email: dict[str, Any] = Field(examples=[{"provider": "SMTP", "configured": True,
+                                             "smtpHost": "smtp.example.com", "smtpPort": 587,
+                                             "smtpFromEmail": "hi@example.com",
+                                             "hasSmtpPassword": True}])
+    push: dict[str, Any]
+    sms: dict[str, Any]
+    inApp: dict[str, Any]
+    ai: dict[str, Any]
+    webhook: dict[str, Any] = Field(examples=[{"secretConfigured": True}])
+
+
 class Updated(ReadModel):
     updated: bool = True
 
@@ -56,7 +71,7 @@ class WebhookSecret(ReadModel):
     secret: str = Field(description="whsec_…; shown only in this response")
 
 
-@router.get("", responses=SECRET_ERRORS)
+@router.get("", response_model=ChannelsView, responses=SECRET_ERRORS)
 async def get_channels(key: Annotated[Any, Depends(secret_key)], db: SessionDep,
                        state: StateDep) -> dict[str, Any]:
     """Providers, `configured`, and non-secret fields; secrets only as `has…` booleans."""
