@@ -47,7 +47,7 @@ def shared(api_url: str) -> Tenant:
 # --- error bodies for every status ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/api/v1/nope", "/nope", "/api/v1/events/a/b/c", "/"])
+@pytest.mark.parametrize("path", ["/api/v1/nope", "/nope", "/api/v1/events/a/b/c", "/api"])
 def test_unknown_route_is_a_404_error_body(api_url: str, path: str) -> None:
     r = httpx.get(api_url + path)
     body = assert_error(r, 404)
