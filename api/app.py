@@ -9,16 +9,20 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from api import (
+    ai,
     api_keys,
     auth,
     automations,
     channels,
+    dashboard,
     dev_mail,
     events,
     health,
     inbox,
     messages,
     news,
+    projects,
+    reports,
     team,
     templates,
     users,
@@ -73,12 +77,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     v1 = APIRouter(prefix=API_PREFIX)
-    for module in (auth, api_keys, team, events, users, automations, templates, channels,
-                   messages,
-                   webhooks, inbox, news, health):
+    routers = (
+        auth, projects, api_keys, team, events, users, automations, templates, channels,
+        messages, webhooks, inbox, news, health, ai, reports,
+    )
+    for module in routers:
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(dev_mail.router)
+    app.include_router(dashboard.router)
     app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(BodyLimitMiddleware)
     return app

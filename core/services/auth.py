@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.crypto import SecretBox, sha256_hex
-from core.errors import BadRequest, Conflict, Unauthorized
+from core.errors import BadRequest, Conflict, NotFound, Unauthorized
 from core.ids import new_id, random_token
 from core.models import Account, AuthSession, Invite, Membership, Project
 
@@ -243,3 +243,40 @@ async def accept_invite(
         raise Conflict("This account was just created or joined: log in instead") from exc
     project = await get_project(db, invite.project_id)
     return await _open_session(db, account, project, role, ttl_seconds)
+
+
+async def list_projects(db: AsyncSession, account_id: str) -> list[tuple[Project, str]]:
+    """The account's projects with its role in each, oldest membership first."""
+    rows = await db.execute(
+        select(Project, Membership.role)
+        .join(Membership, Membership.project_id == Project.id)
+        .where(Membership.account_id == account_id)
+        .order_by(Membership.created_at, Project.id)
+    )
+    return [(project, role) for project, role in rows]
+
+
+async def create_project_for(db: AsyncSession, secrets: SecretBox, account_id: str,
+                             name: str) -> Project:
+    """A new project with the caller as its ADMIN."""
+    project = await create_project(db, secrets, name)
+    db.add(Membership(account_id=account_id, project_id=project.id, role="ADMIN"))
+    await db.flush()
+    return project
+
+
+async def switch_project(db: AsyncSession, token_hash: str, account_id: str,
+                         project_id: str) -> tuple[Project, str]:
+    """Point the dashboard session at another project the account belongs to."""
+    row = (await db.execute(
+        select(Project, Membership.role)
+        .join(Membership, Membership.project_id == Project.id)
+        .where(Membership.account_id == account_id, Project.id == project_id)
+    )).first()
+    if row is None:
+        raise NotFound(f"No project {project_id} among yours")
+    session = await db.get(AuthSession, token_hash)
+    assert session is not None, "the session was resolved by this request"
+    session.project_id = project_id
+    await db.flush()
+    return row[0], row[1]
