@@ -23,23 +23,28 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.ai import AiActivities
 from activities.automations import AutomationActivities
 from activities.health import HealthActivities
 from activities.messaging import MessagingActivities
 from activities.receipts import ReceiptActivities
+from activities.reports import ReportActivities
 from core.crypto import SecretBox
 from core.db import make_async_engine, make_sessionmaker, sqlalchemy_url
 from core.settings import Settings, get_settings
+from workflows.ai import GenerateContentWorkflow
 from workflows.dispatcher import OutboxDispatcher
 from workflows.enrollment import AutomationEnrollmentWorkflow
 from workflows.ping import WorkerPingWorkflow
 from workflows.receipt import ProcessReceiptWorkflow
+from workflows.reports import ReportsRollupWorkflow
 from workflows.send_message import SendMessageWorkflow
 
 log = logging.getLogger("retenshun.worker")
 
 WORKFLOWS: list[type] = [
     WorkerPingWorkflow, SendMessageWorkflow, ProcessReceiptWorkflow, AutomationEnrollmentWorkflow,
+    GenerateContentWorkflow, ReportsRollupWorkflow,
 ]
 
 # How long a starting worker waits for Temporal before giving up (it may start first).
@@ -68,11 +73,14 @@ def build_activities(deps: WorkerDeps) -> list[Callable[..., Any]]:
     health = HealthActivities(deps.sessions)
     messaging = MessagingActivities(deps.sessions, deps.secrets, deps.settings, deps.http)
     receipts = ReceiptActivities(deps.sessions)
-    automations = AutomationActivities(deps.sessions, messaging)
+    ai = AiActivities(deps.sessions, deps.secrets, deps.settings)
+    reports = ReportActivities(deps.sessions)
+    automations = AutomationActivities(deps.sessions, messaging, ai)
     return [
         health.ping_database, messaging.deliver, messaging.mark_failed, receipts.process,
         automations.begin, automations.record_step, automations.finish,
         automations.evaluate_branch, automations.send_step,
+        ai.generate, ai.generate_cached_content, reports.rollup_page,
     ]
 
 

@@ -65,3 +65,17 @@ def workflow_ui_url(ui_base: str, namespace: str, workflow_id: str, run_id: str 
     url = (f"{ui_base.rstrip('/')}/namespaces/{quote(namespace)}/workflows/"
            f"{quote(workflow_id, safe='')}")
     return f"{url}/{run_id}/history" if run_id else url
+
+
+def ai_generate_workflow_id(project_id: str, nonce: str) -> str:
+    """One run per POST /ai/generate (the nonce is made by the API)."""
+    return f"ai-generate:{project_id}:{nonce}"
+
+
+REPORTS_ROLLUP_SCHEDULE_ID = "reports-rollup"
+
+
+def reports_rollup_workflow_id(project_id: str | None) -> str:
+    """The on-demand rollup of one project's report days; None: every project (the
+    schedule's runs get their own ids from Temporal)."""
+    return f"reports-rollup:{project_id}" if project_id else "reports-rollup:all"

@@ -3,11 +3,36 @@ repeated start of the same thing is the same run (conflict policy USE_EXISTING).
 
 from __future__ import annotations
 
-from temporalio.client import Client, WorkflowHandle
+import asyncio
+import uuid
+from datetime import timedelta
+
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import TimeoutError as TemporalTimeout
 
 from core import temporal as ids
+from core.errors import RetenshunError, ServiceUnavailable
+from workflows.ai import (
+    INTERACTIVE_BUDGET,
+    GenerateContentInput,
+    GenerateContentWorkflow,
+    GeneratedContent,
+)
 from workflows.receipt import ProcessReceiptWorkflow, ReceiptInput
+from workflows.reports import ROLLUP_EVERY, ReportsRollupWorkflow, RollupInput, RollupResult
 from workflows.send_message import SendMessageInput, SendMessageResult, SendMessageWorkflow
 
 
@@ -36,3 +61,94 @@ async def start_process_receipt(
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         memo={"projectId": project_id, "event": event},
     )
+
+
+
+# --- AI content (POST /ai/generate) ---
+
+
+async def generate_content(
+    client: Client, task_queue: str, *, project_id: str, channel: str, context: str,
+    tone: str | None,
+) -> GeneratedContent:
+    """Run one GenerateContentWorkflow and wait for it; failures become core.errors with
+    the status the API answers (503 not configured, 502 unusable or refused, 504 late)."""
+    try:
+        handle = await client.start_workflow(
+            GenerateContentWorkflow.run,
+            GenerateContentInput(project_id=project_id, channel=channel, context=context,
+                                 tone=tone),
+            id=ids.ai_generate_workflow_id(project_id, uuid.uuid4().hex),
+            task_queue=task_queue,
+            execution_timeout=INTERACTIVE_BUDGET + timedelta(seconds=20),
+            memo={"projectId": project_id, "channel": channel},
+        )
+    except Exception as exc:
+        raise ServiceUnavailable(
+            "The workflow engine (Temporal) is unavailable; no content was generated"
+        ) from exc
+    wait = INTERACTIVE_BUDGET.total_seconds() + 5
+    try:
+        return await asyncio.wait_for(handle.result(), wait)
+    except TimeoutError as exc:
+        raise _late() from exc
+    except WorkflowFailureError as exc:
+        raise _generation_error(exc) from None
+
+
+def _late() -> RetenshunError:
+    return RetenshunError(
+        f"The AI server did not produce a usable answer within "
+        f"{INTERACTIVE_BUDGET.total_seconds():.0f} s (retries included); try again later",
+        status=504)
+
+
+def _generation_error(exc: WorkflowFailureError) -> RetenshunError:
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ApplicationError | TemporalTimeout):
+        cause = getattr(cause, "cause", None) or cause.__cause__
+    if isinstance(cause, TemporalTimeout):  # the activity's schedule-to-close budget
+        return _late()
+    if isinstance(cause, ApplicationError):
+        if cause.non_retryable and cause.details and isinstance(cause.details[0], int):
+            return RetenshunError(cause.message, status=cause.details[0])
+        return RetenshunError(
+            f"The AI server kept failing, so generation gave up after retries: "
+            f"{cause.message}", status=502)
+    return RetenshunError(f"AI generation failed: {exc}", status=502)
+
+
+# --- report rollups ---
+
+
+async def start_reports_rollup(client: Client, task_queue: str, *, project_id: str,
+                               ) -> WorkflowHandle[ReportsRollupWorkflow, RollupResult]:
+    """Roll up one project's due days now (one run at a time per project)."""
+    return await client.start_workflow(
+        ReportsRollupWorkflow.run,
+        RollupInput(project_id=project_id),
+        id=ids.reports_rollup_workflow_id(project_id),
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        memo={"projectId": project_id},
+    )
+
+
+async def ensure_reports_schedule(client: Client, task_queue: str) -> bool:
+    """Create the `reports-rollup` Schedule (every project, every ROLLUP_EVERY) unless it
+    exists; True when this call created it."""
+    try:
+        await client.create_schedule(
+            ids.REPORTS_ROLLUP_SCHEDULE_ID,
+            Schedule(
+                action=ScheduleActionStartWorkflow(
+                    ReportsRollupWorkflow.run, RollupInput(),
+                    id=ids.reports_rollup_workflow_id(None), task_queue=task_queue,
+                ),
+                spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=ROLLUP_EVERY)]),
+                policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+            ),
+        )
+    except ScheduleAlreadyRunningError:
+        return False
+    return True

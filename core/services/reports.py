@@ -1,0 +1,395 @@
+"""Reports: per-day counts of events, active users and messages, from rollups and live.
+
+A report covers the range's UTC days, today included (7d = today and the 6 days before).
+Every figure of a day comes from one function, `compute_days`, run either
+
+- ahead of time, for closed days (before today), by the rollup activity, which stores the
+  result in `daily_rollups` with a `rolled_up` marker row per day; or
+- live, for today and for any closed day that has no marker yet.
+
+So a report never depends on the rollup having run (a missing day is computed live, exact,
+only slower), and a 90-day report over millions of events reads ~90 small rollup rows per
+metric plus today's rows. A rolled-up day is a snapshot: the rollup recomputes the last
+`settle_days` closed days on every run (late events, delivery receipts), and every day at
+least every `refresh_hours`; `invalidate` drops days at once (after an erasure).
+
+Services flush, callers commit. Every query is scoped by project_id.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import delete, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.errors import BadRequest
+from core.models import DailyRollup
+
+RANGES = {"7d": 7, "30d": 30, "90d": 90}
+METRICS = ("events", "users", "messages")
+HORIZON_DAYS = max(RANGES.values())
+CHANNELS = ("EMAIL", "PUSH", "SMS", "IN_APP")
+STATUSES = ("queued", "sent", "delivered", "opened", "clicked", "bounced", "failed",
+            "suppressed")
+# Accepted by the provider (or stored in the inbox for IN_APP); a bounce was sent first.
+SENT = ("sent", "delivered", "opened", "clicked", "bounced")
+DELIVERED = ("delivered", "opened", "clicked")  # status is the furthest step reached
+OPENED = ("opened", "clicked")
+ENROLLMENT_STATUSES = ("running", "completed", "exited", "cancelled", "failed")
+PUBLIC_STATUS = {"sending": "queued"}  # as core.services.messages shows it
+
+MARKER = "rolled_up"
+EVENTS = "events"
+ACTIVE_USERS = "active_users"
+_METRIC_MAX = 80  # daily_rollups.metric
+_MAX_LIVE_CHUNK_DAYS = 7
+
+_EVENTS_BY_DAY = text("""
+SELECT d, sum(n)::bigint AS events, count(*)::bigint AS users
+FROM (SELECT (timestamp AT TIME ZONE 'UTC')::date AS d, user_id, count(*) AS n
+      FROM events
+      WHERE project_id = :project_id AND timestamp >= :lo AND timestamp < :hi
+      GROUP BY 1, 2) AS per_user
+GROUP BY d
+""")
+_MESSAGES_BY_DAY = text("""
+SELECT (created_at AT TIME ZONE 'UTC')::date AS d, channel, status, source, source_id,
+       count(*)::bigint
+FROM messages
+WHERE project_id = :project_id AND created_at >= :lo AND created_at < :hi
+GROUP BY 1, 2, 3, 4, 5
+""")
+# Through automations (few per project) so the (automation_id, started_at) index is used.
+_ENROLLMENTS_BY_DAY = text("""
+SELECT (e.started_at AT TIME ZONE 'UTC')::date AS d, e.automation_id, e.status, count(*)::bigint
+FROM automations AS a
+JOIN enrollments AS e ON e.automation_id = a.id
+WHERE a.project_id = :project_id AND e.project_id = :project_id
+  AND e.started_at >= :lo AND e.started_at < :hi
+GROUP BY 1, 2, 3
+""")
+_ROLLUPS = text("""
+SELECT day, metric, value, updated_at FROM daily_rollups
+WHERE project_id = :project_id AND day >= :first AND day < :last
+""")
+_MARKERS = text(f"""
+SELECT day, updated_at FROM daily_rollups
+WHERE project_id = :project_id AND metric = '{MARKER}' AND day >= :first AND day < :last
+""")
+_ACTIVE_USERS = text("""
+SELECT count(*) FROM users WHERE project_id = :project_id AND last_seen >= :start
+""")
+_CANDIDATES = text("""
+SELECT p.id FROM projects AS p
+WHERE (CAST(:after AS text) IS NULL OR p.id > :after)
+  AND (EXISTS (SELECT 1 FROM events AS e WHERE e.project_id = p.id AND e.timestamp >= :lo)
+       OR EXISTS (SELECT 1 FROM messages AS m WHERE m.project_id = p.id AND m.created_at >= :lo)
+       OR EXISTS (SELECT 1 FROM automations AS a JOIN enrollments AS n ON n.automation_id = a.id
+                  WHERE a.project_id = p.id AND n.started_at >= :lo)
+       OR EXISTS (SELECT 1 FROM daily_rollups AS r WHERE r.project_id = p.id
+                  AND r.day >= CAST(:lo AS date)))
+ORDER BY p.id
+LIMIT :limit
+""")
+
+
+# --- days and ranges ---
+
+
+def midnight(day: date) -> datetime:
+    return datetime.combine(day, time(), UTC)
+
+
+def utc_today(now: datetime) -> date:
+    return now.astimezone(UTC).date()
+
+
+def parse_metrics(raw: str | None) -> list[str]:
+    """`events,users,messages` (any subset, any order; default all) or a 400 naming them."""
+    if raw is None or not raw.strip():
+        return list(METRICS)
+    asked = [m.strip() for m in raw.split(",")]
+    unknown = [m for m in asked if m not in METRICS]
+    if unknown or not any(asked):
+        shown = ", ".join(repr(m) for m in unknown) or "an empty name"
+        raise BadRequest(
+            f"metrics: unknown metric {shown}; use a comma list of {', '.join(METRICS)}",
+            details=[{"field": "metrics", "message": f"must be a comma list of "
+                                                    f"{', '.join(METRICS)}"}],
+        )
+    return [m for m in METRICS if m in asked]
+
+
+def _runs(days: Sequence[date], max_len: int) -> list[tuple[date, date]]:
+    """Sorted days as [lo, hi) runs of consecutive days, each at most max_len long."""
+    runs: list[tuple[date, date]] = []
+    for day in sorted(days):
+        if runs and runs[-1][1] == day and (runs[-1][1] - runs[-1][0]).days < max_len:
+            runs[-1] = (runs[-1][0], day + timedelta(days=1))
+        else:
+            runs.append((day, day + timedelta(days=1)))
+    return runs
+
+
+# --- the one computation of a day's figures ---
+
+
+async def compute_days(db: AsyncSession, project_id: str, lo: date, hi: date, *,
+                       events: bool = True, messages: bool = True) -> dict[date, dict[str, int]]:
+    """Every metric of the UTC days [lo, hi), zeros left out:
+
+    events, active_users (distinct users with an event that day),
+    msg:{channel}:{status}, campaign:{id}:{status}, automation:{id}:{status} (messages by
+    the day they were created, at their current status), and enroll:{automationId}:{status}
+    (enrollments by the day they started)."""
+    out: dict[date, dict[str, int]] = defaultdict(dict)
+    params = {"project_id": project_id, "lo": midnight(lo), "hi": midnight(hi)}
+    if events:
+        for day, count, users in (await db.execute(_EVENTS_BY_DAY, params)).all():
+            out[day][EVENTS] = int(count)
+            out[day][ACTIVE_USERS] = int(users)
+    if messages:
+        for day, channel, status, source, source_id, count in (
+                await db.execute(_MESSAGES_BY_DAY, params)).all():
+            status = PUBLIC_STATUS.get(status, status)
+            _add(out[day], f"msg:{channel}:{status}", count)
+            if source in ("campaign", "automation") and source_id:
+                _add(out[day], f"{source}:{source_id}:{status}", count)
+        for day, automation_id, status, count in (
+                await db.execute(_ENROLLMENTS_BY_DAY, params)).all():
+            _add(out[day], f"enroll:{automation_id}:{status}", count)
+    return dict(out)
+
+
+def _add(metrics: dict[str, int], name: str, count: int) -> None:
+    if len(name) <= _METRIC_MAX:
+        metrics[name] = metrics.get(name, 0) + int(count)
+
+
+# --- rollups (written by activities/reports.py) ---
+
+
+async def store_rollups(db: AsyncSession, project_id: str, days: Sequence[date],
+                        metrics: dict[date, dict[str, int]], computed_at: datetime) -> None:
+    """Replace the rollups of `days` with `metrics` (+ one marker row per day). Serialised
+    per project, so an on-demand and a scheduled rollup cannot collide."""
+    await db.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+                     {"k": f"rollup:{project_id}"})
+    await db.execute(delete(DailyRollup).where(DailyRollup.project_id == project_id,
+                                               DailyRollup.day.in_(list(days))))
+    rows = [{"project_id": project_id, "day": day, "metric": name, "value": value,
+             "updated_at": computed_at}
+            for day in days for name, value in metrics.get(day, {}).items() if value]
+    rows += [{"project_id": project_id, "day": day, "metric": MARKER, "value": 1,
+              "updated_at": computed_at} for day in days]
+    await db.execute(pg_insert(DailyRollup), rows)
+    await db.flush()
+
+
+async def rollup_days(db: AsyncSession, project_id: str, lo: date, hi: date,
+                      now: datetime) -> None:
+    """Compute and store the closed days [lo, hi)."""
+    if hi > utc_today(now):
+        raise ValueError(f"{hi - timedelta(days=1)} is not closed yet: only days before "
+                         "today are rolled up")
+    days = [lo + timedelta(days=i) for i in range((hi - lo).days)]
+    await store_rollups(db, project_id, days, await compute_days(db, project_id, lo, hi), now)
+
+
+def chunks(days: Sequence[date], max_len: int = 7) -> list[tuple[date, date]]:
+    """Days as [lo, hi) runs of consecutive days, at most max_len each (the unit of work
+    of a rollup and of a live computation)."""
+    return _runs(days, max_len)
+
+
+async def days_to_roll_up(db: AsyncSession, project_id: str, now: datetime, *,
+                          settle_days: int, refresh_hours: float) -> list[date]:
+    """Closed days of the horizon (the longest range) whose rollup is missing, was computed
+    before the day settled (less than settle_days after it ended), or is older than
+    refresh_hours. Oldest first."""
+    today = utc_today(now)
+    first = today - timedelta(days=HORIZON_DAYS - 1)
+    computed = dict((await db.execute(_MARKERS, {
+        "project_id": project_id, "first": first, "last": today})).all())
+    due = []
+    for offset in range((today - first).days):
+        day = first + timedelta(days=offset)
+        at = computed.get(day)
+        if (at is None or at < midnight(day + timedelta(days=1 + settle_days))
+                or at < now - timedelta(hours=refresh_hours)):
+            due.append(day)
+    return due
+
+
+async def rollup_candidates(db: AsyncSession, now: datetime, *, after: str | None,
+                            limit: int) -> list[str]:
+    """Projects with anything in the horizon (events, messages, enrollments or rollups),
+    by id after `after`."""
+    lo = midnight(utc_today(now) - timedelta(days=HORIZON_DAYS - 1))
+    rows = await db.execute(_CANDIDATES, {"after": after, "lo": lo, "limit": limit})
+    return [r[0] for r in rows.all()]
+
+
+async def invalidate(db: AsyncSession, project_id: str, since: date | datetime) -> None:
+    """Forget the rollups of `since`'s day and later: reports compute those days live (so
+    at once exactly) until the next rollup. For changes the rollup cannot see coming: an
+    erased user, a deleted event, events imported into past days."""
+    day = since.astimezone(UTC).date() if isinstance(since, datetime) else since
+    await db.execute(delete(DailyRollup).where(DailyRollup.project_id == project_id,
+                                               DailyRollup.day >= day))
+    await db.flush()
+
+
+# --- the report ---
+
+
+@dataclass
+class _Days:
+    """Per-day metrics for the range, and where they came from."""
+
+    metrics: dict[date, dict[str, int]]
+    rolled_up: int
+    live: int
+    oldest_rollup: datetime | None
+
+
+async def _range_metrics(db: AsyncSession, project_id: str, first: date, today: date, *,
+                         events: bool, messages: bool) -> _Days:
+    per_day: dict[date, dict[str, int]] = defaultdict(dict)
+    marked: dict[date, datetime] = {}
+    for day, metric, value, updated_at in (await db.execute(_ROLLUPS, {
+            "project_id": project_id, "first": first, "last": today})).all():
+        if metric == MARKER:
+            marked[day] = updated_at
+        elif metric in (EVENTS, ACTIVE_USERS):
+            if events:
+                per_day[day][metric] = int(value)
+        elif messages:
+            per_day[day][metric] = int(value)
+    live_days = [first + timedelta(days=i) for i in range((today - first).days + 1)]
+    live_days = [d for d in live_days if d not in marked]
+    for day in live_days:  # a half-written rollup of an unmarked day is never used
+        per_day.pop(day, None)
+    for lo, hi in _runs(live_days, _MAX_LIVE_CHUNK_DAYS):
+        for day, metrics in (await compute_days(db, project_id, lo, hi, events=events,
+                                                messages=messages)).items():
+            per_day[day].update(metrics)
+    return _Days(dict(per_day), len(marked), len(live_days), min(marked.values(), default=None))
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def _funnel(by_status: dict[str, int]) -> dict[str, Any]:
+    sent = sum(by_status.get(s, 0) for s in SENT)
+    delivered = sum(by_status.get(s, 0) for s in DELIVERED)
+    return {
+        "total": sum(by_status.values()),
+        "sent": sent,
+        "by_status": by_status,
+        "rates": {
+            "delivery": _ratio(delivered, sent),
+            "open": _ratio(sum(by_status.get(s, 0) for s in OPENED), delivered),
+            "click": _ratio(by_status.get("clicked", 0), delivered),
+            "bounce": _ratio(by_status.get("bounced", 0), sent),
+        },
+    }
+
+
+def _zero_statuses() -> dict[str, int]:
+    return dict.fromkeys(STATUSES, 0)
+
+
+async def _names(db: AsyncSession, table: str, project_id: str,
+                 ids: Iterable[str]) -> dict[str, str]:
+    wanted = list(ids)
+    if not wanted:
+        return {}
+    rows = await db.execute(
+        text(f"SELECT id, name FROM {table} WHERE project_id = :p AND id = ANY(:ids)"),
+        {"p": project_id, "ids": wanted})
+    return {i: n for i, n in rows.all()}
+
+
+async def build_report(db: AsyncSession, project_id: str, range_key: str,
+                       metrics: Sequence[str], now: datetime | None = None) -> dict[str, Any]:
+    """The report as plain data (snake_case keys of api/reports.py's models); only the
+    keys of the requested metrics are present."""
+    if range_key not in RANGES:
+        raise BadRequest(f"range must be one of {', '.join(RANGES)}")
+    now = now or datetime.now(UTC)
+    today = utc_today(now)
+    first = today - timedelta(days=RANGES[range_key] - 1)
+    want_events, want_users, want_messages = (m in metrics for m in METRICS)
+    days = await _range_metrics(db, project_id, first, today,
+                                events=want_events or want_users, messages=want_messages)
+    report: dict[str, Any] = {
+        "range": range_key, "metrics": list(metrics), "from_": midnight(first), "to": now,
+        "days": RANGES[range_key],
+    }
+    series: list[dict[str, Any]] = []
+    by_status = _zero_statuses()
+    by_channel = {c: _zero_statuses() for c in CHANNELS}
+    sources: dict[str, dict[str, dict[str, int]]] = {"campaign": {}, "automation": {}}
+    enrollments: dict[str, dict[str, int]] = {}
+    for offset in range(RANGES[range_key]):
+        day = first + timedelta(days=offset)
+        m = days.metrics.get(day, {})
+        entry: dict[str, Any] = {"date": day.isoformat()}
+        if want_events:
+            entry["events"] = m.get(EVENTS, 0)
+        if want_users:
+            entry["active_users"] = m.get(ACTIVE_USERS, 0)
+        if want_messages:
+            sent = 0
+            for name, value in m.items():
+                kind, _, rest = name.partition(":")
+                key, _, status = rest.rpartition(":")
+                if kind == "msg":
+                    by_channel.setdefault(key, _zero_statuses())
+                    by_channel[key][status] = by_channel[key].get(status, 0) + value
+                    by_status[status] = by_status.get(status, 0) + value
+                    sent += value if status in SENT else 0
+                elif kind in sources:
+                    counts = sources[kind].setdefault(key, _zero_statuses())
+                    counts[status] = counts.get(status, 0) + value
+                elif kind == "enroll":
+                    counts = enrollments.setdefault(key, dict.fromkeys(ENROLLMENT_STATUSES, 0))
+                    counts[status] = counts.get(status, 0) + value
+            entry["messages_sent"] = sent
+        series.append(entry)
+    report["series"] = series
+    if want_events:
+        report["events"] = sum(e["events"] for e in series)
+    if want_users:
+        report["active_users"] = int(await db.scalar(
+            _ACTIVE_USERS, {"project_id": project_id, "start": midnight(first)}) or 0)
+    if want_messages:
+        report["messages_sent"] = sum(e["messages_sent"] for e in series)
+        report["messages"] = {**_funnel(by_status),
+                              "by_channel": {c: _funnel(s) for c, s in by_channel.items()}}
+        names = await _names(db, "campaigns", project_id, sources["campaign"])
+        report["campaigns"] = sorted(
+            ({"id": cid, "name": names.get(cid), **_funnel(counts)}
+             for cid, counts in sources["campaign"].items()),
+            key=lambda c: (-c["total"], c["id"]))
+        automation_ids = set(sources["automation"]) | set(enrollments)
+        names = await _names(db, "automations", project_id, automation_ids)
+        report["automations"] = sorted(
+            ({"id": aid, "name": names.get(aid),
+              **_funnel(sources["automation"].get(aid) or _zero_statuses()),
+              "enrollments": {"total": sum((enrollments.get(aid) or {}).values()),
+                              **(enrollments.get(aid)
+                                 or dict.fromkeys(ENROLLMENT_STATUSES, 0))}}
+             for aid in automation_ids),
+            key=lambda a: (-a["enrollments"]["total"] - a["total"], a["id"]))
+    report["rollup"] = {"rolled_up_days": days.rolled_up, "live_days": days.live,
+                        "oldest_rollup_at": days.oldest_rollup}
+    return report
