@@ -5,10 +5,8 @@ in the suite takes its work."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,21 +21,10 @@ from core import migrate
 from core.db import libpq_url
 from core.devstack import free_port, start_temporal_dev_server, stop_process
 from core.settings import Settings
-from tests.activities.fakes import SmtpSink
 from tests.conftest import _with_database, make_settings
+from tests.faults import KillingSmtpSink, start_worker_process
 from tests.support import Tenant, serve_api, signup
 from workflows.enrollment import AutomationEnrollmentWorkflow, EnrollmentInput, EventSignal
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _worker(settings: Settings, queue: str | None = None) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "RETENSHUN_ENV": "test", "DATABASE_URL": settings.database_url,
-           "TEMPORAL_ADDRESS": settings.temporal_address,
-           "RETENSHUN_SECRET_KEY": settings.secret_key,
-           "TEMPORAL_TASK_QUEUE": queue or settings.temporal_task_queue}
-    return subprocess.Popen([sys.executable, "-c", "import worker; worker.main()"], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 @pytest.fixture
@@ -71,7 +58,7 @@ def test_events_are_accepted_while_temporal_is_down_and_enroll_once_it_is_back(
     db_file = tmp_path / "temporal.db"
     temporal = start_temporal_dev_server(db_file, port, None, tmp_path / "t.log")
     settings = make_settings(own_database, f"127.0.0.1:{port}")
-    worker = _worker(settings)
+    worker = start_worker_process(settings)
     try:
         with serve_api(settings) as url:
             tenant = signup(url)
@@ -99,34 +86,12 @@ def test_events_are_accepted_while_temporal_is_down_and_enroll_once_it_is_back(
         stop_process(temporal)
 
 
-class _KillingSink(SmtpSink):
-    """Accepts the first mail, then SIGKILLs the worker before it hears the 250."""
-
-    victim: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> _KillingSink:
-        super().start()
-        assert self._controller is not None
-        handler = self._controller.handler
-        original = handler.handle_DATA
-
-        async def handle_data(server, session, envelope):  # type: ignore[no-untyped-def]
-            reply = await original(server, session, envelope)
-            if self.victim is not None and self.victim.poll() is None:
-                os.kill(self.victim.pid, signal.SIGKILL)
-                self.victim.wait(10)
-            return reply
-
-        handler.handle_DATA = handle_data
-        return self
-
-
 async def test_worker_killed_mid_run_sends_each_email_once(
     tenant: Tenant, settings: Settings,
 ) -> None:
     queue = f"fault-{uuid.uuid4().hex[:8]}"
     procs: list[subprocess.Popen[bytes]] = []
-    with _KillingSink() as sink:
+    with KillingSmtpSink() as sink:
         tenant.sk.put("/channels", json={"emailProvider": "SMTP", "smtpHost": "127.0.0.1",
                                          "smtpPort": sink.port,
                                          "smtpFromEmail": "hi@shop.example.com"})
@@ -137,7 +102,7 @@ async def test_worker_killed_mid_run_sends_each_email_once(
         automation = tenant.sk.post("/automations", json={
             "name": "Drip", "triggerType": "EVENT", "triggerEvent": "not_tracked",
             "active": True, "steps": steps}).json()
-        sink.victim = _worker(settings, queue)
+        sink.victim = start_worker_process(settings, queue)
         procs.append(sink.victim)
         try:
             client = await Client.connect(settings.temporal_address)
@@ -152,7 +117,7 @@ async def test_worker_killed_mid_run_sends_each_email_once(
                 await asyncio.sleep(0.1)
             assert sink.victim.returncode == -signal.SIGKILL
             sink.victim = None
-            procs.append(_worker(settings, queue))
+            procs.append(start_worker_process(settings, queue))
             result = await asyncio.wait_for(handle.result(), timeout=150)
             assert result.status == "completed"
             await asyncio.sleep(0.5)

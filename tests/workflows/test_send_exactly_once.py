@@ -4,14 +4,11 @@ after the provider accepted the mail, both leave one mail and a `sent` row."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import httpx
 import psycopg
@@ -24,10 +21,9 @@ from core.crypto import SecretBox
 from core.db import make_async_engine, make_sessionmaker
 from core.settings import Settings
 from tests.activities.fakes import SmtpSink
+from tests.faults import KillingSmtpSink, start_worker_process
 from tests.support import Tenant
 from workflows.send_message import SendMessageInput, SendMessageWorkflow
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _configure_and_queue(tenant: Tenant, sink: SmtpSink, db: psycopg.Connection) -> str:
@@ -69,28 +65,6 @@ async def test_send_activity_run_twice_delivers_one_mail(
     assert row == ("sent", "SMTP", True)
 
 
-class _KillingSink(SmtpSink):
-    """Accepts the mail, then SIGKILLs the worker before it can hear the 250."""
-
-    victim: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> _KillingSink:
-        super().start()
-        assert self._controller is not None
-        handler = self._controller.handler
-        original = handler.handle_DATA
-
-        async def handle_data(server, session, envelope):  # type: ignore[no-untyped-def]
-            reply = await original(server, session, envelope)
-            if self.victim is not None and self.victim.poll() is None:
-                os.kill(self.victim.pid, signal.SIGKILL)
-                self.victim.wait(10)
-            return reply
-
-        handler.handle_DATA = handle_data
-        return self
-
-
 @pytest.fixture
 def worker_process(settings: Settings) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
     """`retenshun worker` processes on a queue of their own (the in-process test worker
@@ -104,22 +78,14 @@ def worker_process(settings: Settings) -> Iterator[tuple[str, list[subprocess.Po
             proc.wait(15)
 
 
-def _start_worker(settings: Settings, queue: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "RETENSHUN_ENV": "test", "DATABASE_URL": settings.database_url,
-           "TEMPORAL_ADDRESS": settings.temporal_address, "TEMPORAL_TASK_QUEUE": queue,
-           "RETENSHUN_SECRET_KEY": settings.secret_key}
-    return subprocess.Popen([sys.executable, "-c", "import worker; worker.main()"], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 async def test_worker_killed_after_provider_accepted_sends_once(
     tenant: Tenant, db: psycopg.Connection, settings: Settings,
     worker_process: tuple[str, list[subprocess.Popen[bytes]]],
 ) -> None:
     queue, procs = worker_process
-    with _KillingSink() as sink:
+    with KillingSmtpSink() as sink:
         message_id = _configure_and_queue(tenant, sink, db)
-        sink.victim = _start_worker(settings, queue)
+        sink.victim = start_worker_process(settings, queue)
         procs.append(sink.victim)
         client = await Client.connect(settings.temporal_address)
         handle = await client.start_workflow(
@@ -134,7 +100,7 @@ async def test_worker_killed_after_provider_accepted_sends_once(
         status = db.execute("SELECT status FROM messages WHERE id = %s", (message_id,)).fetchone()
         assert status == ("sending",)
         sink.victim = None
-        procs.append(_start_worker(settings, queue))
+        procs.append(start_worker_process(settings, queue))
         # Temporal retries the activity once its attempt times out (SEND preset: 30 s).
         result = await asyncio.wait_for(handle.result(), timeout=120)
         assert result.status == "sent"
