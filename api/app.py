@@ -7,12 +7,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
+from fastapi_offline import FastAPIOffline
 
 from api import (
     ai,
     api_keys,
     auth,
     automations,
+    campaigns,
     channels,
     dashboard,
     dev_mail,
@@ -23,6 +25,7 @@ from api import (
     news,
     projects,
     reports,
+    segments,
     team,
     templates,
     users,
@@ -64,7 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await raw_pool.close()
             await engine.dispose()
 
-    app = FastAPI(
+    # FastAPIOffline serves Swagger UI and ReDoc from package files, not a CDN: /docs works
+    # on an offline machine too.
+    app = FastAPIOffline(
         title="Retenshun API",
         version="0.1.0",
         description=(
@@ -79,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     v1 = APIRouter(prefix=API_PREFIX)
     routers = (
         auth, projects, api_keys, team, events, users, automations, templates, channels,
-        messages, webhooks, inbox, news, health, ai, reports,
+        messages, webhooks, inbox, news, health, ai, reports, segments, campaigns,
     )
     for module in routers:
         v1.include_router(module.router)
