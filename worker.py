@@ -25,26 +25,32 @@ from temporalio.worker import Worker
 
 from activities.ai import AiActivities
 from activities.automations import AutomationActivities
+from activities.campaigns import CampaignActivities
 from activities.health import HealthActivities
 from activities.messaging import MessagingActivities
 from activities.receipts import ReceiptActivities
 from activities.reports import ReportActivities
+from activities.segments import SegmentActivities
 from core.crypto import SecretBox
 from core.db import make_async_engine, make_sessionmaker, sqlalchemy_url
 from core.settings import Settings, get_settings
 from workflows.ai import GenerateContentWorkflow
+from workflows.campaign import CampaignWorkflow
 from workflows.dispatcher import OutboxDispatcher
 from workflows.enrollment import AutomationEnrollmentWorkflow
 from workflows.ping import WorkerPingWorkflow
 from workflows.receipt import ProcessReceiptWorkflow
 from workflows.reports import ReportsRollupWorkflow
+from workflows.segment_refresh import SegmentRecomputeWorkflow, SegmentRefreshWorkflow
 from workflows.send_message import SendMessageWorkflow
+from workflows.starts import ensure_segment_jobs
 
 log = logging.getLogger("retenshun.worker")
 
 WORKFLOWS: list[type] = [
     WorkerPingWorkflow, SendMessageWorkflow, ProcessReceiptWorkflow, AutomationEnrollmentWorkflow,
     GenerateContentWorkflow, ReportsRollupWorkflow,
+    CampaignWorkflow, SegmentRefreshWorkflow, SegmentRecomputeWorkflow,
 ]
 
 # How long a starting worker waits for Temporal before giving up (it may start first).
@@ -76,11 +82,15 @@ def build_activities(deps: WorkerDeps) -> list[Callable[..., Any]]:
     ai = AiActivities(deps.sessions, deps.secrets, deps.settings)
     reports = ReportActivities(deps.sessions)
     automations = AutomationActivities(deps.sessions, messaging, ai)
+    campaigns = CampaignActivities(deps.sessions, messaging)
+    segments = SegmentActivities(deps.sessions)
     return [
         health.ping_database, messaging.deliver, messaging.mark_failed, receipts.process,
         automations.begin, automations.record_step, automations.finish,
         automations.evaluate_branch, automations.send_step,
         ai.generate, ai.generate_cached_content, reports.rollup_page,
+        campaigns.begin, campaigns.send_page, campaigns.finish,
+        segments.refresh, segments.recompute,
     ]
 
 
@@ -162,6 +172,10 @@ async def run_worker(
         )
         log.info("worker serving task queue %r (%d workflows, %d activities)",
                  settings.temporal_task_queue, len(WORKFLOWS), len(activities))
+        try:  # segment membership refresher + recompute schedule (idempotent)
+            await ensure_segment_jobs(client, settings.temporal_task_queue)
+        except Exception as exc:
+            log.warning("cannot start the segment refresher or its schedule: %s", _short(exc))
         # The outbox dispatcher turns ingested triggers into enrollment workflows.
         dispatcher = OutboxDispatcher(deps.sessions, client, settings)
         dispatching = asyncio.create_task(dispatcher.run(stop), name="outbox-dispatcher")

@@ -79,3 +79,24 @@ def reports_rollup_workflow_id(project_id: str | None) -> str:
     """The on-demand rollup of one project's report days; None: every project (the
     schedule's runs get their own ids from Temporal)."""
     return f"reports-rollup:{project_id}" if project_id else "reports-rollup:all"
+
+
+# --- segments and campaigns ---
+
+
+def segment_refresh_workflow_id(task_queue: str) -> str:
+    """The membership refresher: one per task queue (started by each worker, idempotent)."""
+    return f"segment-refresh:{task_queue}"
+
+
+def segment_recompute_schedule_id(task_queue: str) -> str:
+    """The Temporal Schedule that re-evaluates time-relative segments."""
+    return f"segment-recompute:{task_queue}"
+
+
+def segment_recompute_workflow_id(task_queue: str) -> str:
+    return f"segment-recompute:{task_queue}"
+
+
+def campaign_workflow_id(campaign_id: str) -> str:
+    return f"campaign:{campaign_id}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio.client import (
     Client,
@@ -22,6 +22,7 @@ from temporalio.client import (
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.exceptions import TimeoutError as TemporalTimeout
+from temporalio.service import RPCError, RPCStatusCode
 
 from core import temporal as ids
 from core.errors import RetenshunError, ServiceUnavailable
@@ -31,8 +32,15 @@ from workflows.ai import (
     GenerateContentWorkflow,
     GeneratedContent,
 )
+from workflows.campaign import CampaignInput, CampaignWorkflow, RescheduleInput
 from workflows.receipt import ProcessReceiptWorkflow, ReceiptInput
 from workflows.reports import ROLLUP_EVERY, ReportsRollupWorkflow, RollupInput, RollupResult
+from workflows.segment_refresh import (
+    SegmentRecomputeInput,
+    SegmentRecomputeWorkflow,
+    SegmentRefreshInput,
+    SegmentRefreshWorkflow,
+)
 from workflows.send_message import SendMessageInput, SendMessageResult, SendMessageWorkflow
 
 
@@ -152,3 +160,73 @@ async def ensure_reports_schedule(client: Client, task_queue: str) -> bool:
     except ScheduleAlreadyRunningError:
         return False
     return True
+
+
+# --- segments: membership refresher and the recompute schedule ---
+
+SEGMENT_RECOMPUTE_EVERY = timedelta(minutes=5)
+
+
+async def ensure_segment_jobs(client: Client, task_queue: str, *,
+                              every: timedelta = SEGMENT_RECOMPUTE_EVERY) -> None:
+    """Start the membership refresher (`segment-refresh:{queue}`) unless it runs, and create
+    the `segment-recompute:{queue}` Schedule unless it exists. Called by every worker at
+    start-up; idempotent. A refresher whose workers are all gone times out after its run
+    timeout (2 h) and is started again by the next worker."""
+    await client.start_workflow(
+        SegmentRefreshWorkflow.run, SegmentRefreshInput(),
+        id=ids.segment_refresh_workflow_id(task_queue), task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        run_timeout=timedelta(hours=2),
+    )
+    try:
+        await client.create_schedule(
+            ids.segment_recompute_schedule_id(task_queue),
+            Schedule(
+                action=ScheduleActionStartWorkflow(
+                    SegmentRecomputeWorkflow.run, SegmentRecomputeInput(),
+                    id=ids.segment_recompute_workflow_id(task_queue), task_queue=task_queue,
+                    execution_timeout=timedelta(hours=1),
+                ),
+                spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
+                policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+            ),
+        )
+    except ScheduleAlreadyRunningError:
+        pass
+
+
+# --- campaigns ---
+
+
+async def schedule_campaign(client: Client, task_queue: str, *, project_id: str,
+                            campaign_id: str, scheduled_at: datetime) -> None:
+    """Signal-with-start `campaign:{id}`: a sleeping run wakes with the new time, and a
+    campaign without a running workflow gets one."""
+    when = scheduled_at.isoformat()
+    await client.start_workflow(
+        CampaignWorkflow.run,
+        CampaignInput(project_id=project_id, campaign_id=campaign_id, scheduled_at=when),
+        id=ids.campaign_workflow_id(campaign_id), task_queue=task_queue,
+        start_signal="reschedule", start_signal_args=[RescheduleInput(when)],
+        memo={"projectId": project_id, "campaignId": campaign_id},
+    )
+
+
+async def _quietly(call: object) -> None:
+    try:
+        await call  # type: ignore[misc]
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+
+
+async def unschedule_campaign(client: Client, campaign_id: str) -> None:
+    """Tell a sleeping run the campaign is a DRAFT again (nothing to do if none runs)."""
+    handle = client.get_workflow_handle(ids.campaign_workflow_id(campaign_id))
+    await _quietly(handle.signal(CampaignWorkflow.reschedule, RescheduleInput(None)))
+
+
+async def cancel_campaign(client: Client, campaign_id: str) -> None:
+    """Cancel the campaign's run (sleeping or sending); nothing to do if none runs."""
+    await _quietly(client.get_workflow_handle(ids.campaign_workflow_id(campaign_id)).cancel())
