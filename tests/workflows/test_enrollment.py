@@ -149,3 +149,28 @@ async def test_edits_mid_run_keep_the_snapshot(skipping: Env, shop: Tenant,
     assert edited["version"] == 2
     await asyncio.wait_for(handle.result(), 60)
     assert [m.message["Subject"] for m in mailing.messages] == ["Old"]
+
+
+async def test_ai_step_generates_once_and_renders_per_user(skipping: Env, tenant: Tenant,
+                                                           db: psycopg.Connection) -> None:
+    from tests.api.test_ai import API_KEY, GOOD_PUSH, FakeOpenAI
+
+    with FakeOpenAI(GOOD_PUSH) as llm:
+        tenant.sk.put("/channels", json={"openaiApiKey": API_KEY, "openaiBaseUrl": llm.base})
+        for user, name in (("ann", "Ann"), ("bob", "Bob")):
+            tenant.pk.post("/identify", json={"userId": user, "properties": {"firstName": name}})
+        steps = [{"type": "SEND_IN_APP",
+                  "ai": {"context": "Remind them about their cart", "tone": "friendly"}}]
+        automation = _automation(tenant, steps)
+        for user in ("ann", "bob"):
+            handle = await skipping.client.start_workflow(
+                AutomationEnrollmentWorkflow.run,
+                EnrollmentInput(tenant.project_id, automation["id"], user, 1, steps,
+                                trigger=EventSignal(f"evt_{user}", "go")),
+                id=f"enroll:{automation['id']}:{user}", task_queue=QUEUE)
+            assert (await asyncio.wait_for(handle.result(), 60)).status == "completed"
+        assert len(llm.completions()) == 1  # one generation per automation version and step
+    titles = dict(db.execute(
+        "SELECT user_id, subject FROM messages WHERE source_id = %s AND status = 'sent'",
+        (automation["id"],)).fetchall())
+    assert titles == {"ann": "Forgot something, Ann?", "bob": "Forgot something, Bob?"}
