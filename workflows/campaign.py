@@ -44,7 +44,8 @@ CONCURRENCY = 16
 PAGE = ActivityPreset(
     start_to_close_timeout=timedelta(minutes=15),
     schedule_to_close_timeout=timedelta(hours=24),
-    heartbeat_timeout=timedelta(seconds=60),
+    # Heartbeats come per recipient: a dead worker's page is retried after this.
+    heartbeat_timeout=timedelta(seconds=20),
     retry_policy=RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0,
                              maximum_interval=timedelta(minutes=5),
                              non_retryable_error_types=["CampaignUnsendable"]),
