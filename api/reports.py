@@ -108,7 +108,8 @@ async def get_report(
     Temporal schedule `reports-rollup`; today, and any day not rolled up yet, is computed
     live, so figures are exact as of the day's last rollup (docs/ai-and-reports.md)."""
     wanted = report_service.parse_metrics(metrics)
-    report = await report_service.build_report(db, key.project_id, range_, wanted)
+    report = await report_service.build_report(db, key.project_id, range_, wanted,
+                                               sessions=state.sessions)
     _maintain(state, key.project_id, missing_days=report["rollup"]["live_days"] > 1)
     return Report.model_validate(report)
 

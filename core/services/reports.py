@@ -18,15 +18,16 @@ Services flush, callers commit. Every query is scoped by project_id.
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import delete, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core.errors import BadRequest
 from core.models import DailyRollup
@@ -283,8 +284,30 @@ class _Days:
     oldest_rollup: datetime | None
 
 
-async def _range_metrics(db: AsyncSession, project_id: str, first: date, today: date, *,
-                         events: bool, messages: bool) -> _Days:
+Job = Callable[[AsyncSession], Awaitable[Any]]
+
+
+async def _together(db: AsyncSession, sessions: async_sessionmaker[AsyncSession] | None,
+                    *jobs: Job) -> list[Any]:
+    """Run independent queries: one after the other on `db`, or, given a session maker,
+    at the same time, each on a connection of its own (the report's latency is then its
+    slowest query, not the sum)."""
+    if sessions is None:
+        return [await job(db) for job in jobs]
+
+    async def own(job: Job) -> Any:
+        async with sessions() as session:
+            await session.execute(_NO_JIT)
+            return await job(session)
+
+    return list(await asyncio.gather(*(own(job) for job in jobs)))
+
+
+async def _rolled_up(db: AsyncSession, project_id: str, first: date, today: date, *,
+                     messages: bool) -> tuple[dict[date, dict[str, int]], dict[str, int],
+                                              dict[date, datetime]]:
+    """The closed days' rollups: series figures per marked day, summed other metrics, and
+    when each marked day was rolled up."""
     params = {"project_id": project_id, "first": first, "last": today}
     series: dict[date, dict[str, int]] = {}
     marked: dict[date, datetime] = {}
@@ -294,21 +317,50 @@ async def _range_metrics(db: AsyncSession, project_id: str, first: date, today: 
             marked[day] = rolled_up_at
             series[day] = {EVENTS: int(n_events), ACTIVE_USERS: int(n_users),
                            MESSAGES_SENT: int(n_sent)}
-    totals: dict[str, int] = defaultdict(int)
+    totals: dict[str, int] = {}
     if messages and marked:
-        for metric, value in (await db.execute(_ROLLUP_TOTALS, params)).all():
-            totals[metric] += int(value)
-    live_days = [first + timedelta(days=i) for i in range((today - first).days + 1)]
-    live_days = [d for d in live_days if d not in marked]
-    for lo, hi in _runs(live_days, _MAX_LIVE_CHUNK_DAYS):
-        for day, metrics in (await compute_days(db, project_id, lo, hi, events=events,
-                                                messages=messages)).items():
-            series[day] = {k: metrics.get(k, 0) for k in SERIES_METRICS}
-            for metric, value in metrics.items():
-                if ":" in metric:
-                    totals[metric] += value
-    return _Days(series, dict(totals), len(marked), len(live_days),
+        totals = {m: int(v) for m, v in (await db.execute(_ROLLUP_TOTALS, params)).all()}
+    return series, totals, marked
+
+
+def _merge_live(days: _Days, computed: dict[date, dict[str, int]]) -> None:
+    for day, metrics in computed.items():
+        days.series[day] = {k: metrics.get(k, 0) for k in SERIES_METRICS}
+        for metric, value in metrics.items():
+            if ":" in metric:
+                days.totals[metric] = days.totals.get(metric, 0) + value
+
+
+async def _range_metrics(db: AsyncSession, sessions: async_sessionmaker[AsyncSession] | None,
+                         project_id: str, first: date, today: date, *, events: bool,
+                         messages: bool, active_since: datetime | None,
+                         ) -> tuple[_Days, int | None]:
+    """The range's figures (rollups + live days) and, with `active_since`, the users seen
+    since then. Today is computed live alongside the rollup reads."""
+    tomorrow = today + timedelta(days=1)
+
+    async def count_active(session: AsyncSession) -> int | None:
+        if active_since is None:
+            return None
+        return int(await session.scalar(_ACTIVE_USERS, {"project_id": project_id,
+                                                        "start": active_since}) or 0)
+
+    (series, totals, marked), today_metrics, active = await _together(
+        db, sessions,
+        lambda session: _rolled_up(session, project_id, first, today, messages=messages),
+        lambda session: compute_days(session, project_id, today, tomorrow, events=events,
+                                     messages=messages),
+        count_active,
+    )
+    missing = [first + timedelta(days=i) for i in range((today - first).days)]
+    missing = [d for d in missing if d not in marked]
+    days = _Days(series, totals, len(marked), len(missing) + 1,
                  min(marked.values(), default=None))
+    _merge_live(days, today_metrics)
+    for lo, hi in _runs(missing, _MAX_LIVE_CHUNK_DAYS):  # closed days not rolled up yet
+        _merge_live(days, await compute_days(db, project_id, lo, hi, events=events,
+                                             messages=messages))
+    return days, active
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -347,9 +399,12 @@ async def _names(db: AsyncSession, table: str, project_id: str,
 
 
 async def build_report(db: AsyncSession, project_id: str, range_key: str,
-                       metrics: Sequence[str], now: datetime | None = None) -> dict[str, Any]:
+                       metrics: Sequence[str], now: datetime | None = None, *,
+                       sessions: async_sessionmaker[AsyncSession] | None = None,
+                       ) -> dict[str, Any]:
     """The report as plain data (snake_case keys of api/reports.py's models); only the
-    keys of the requested metrics are present."""
+    keys of the requested metrics are present. With `sessions`, independent queries run
+    at the same time on connections of their own (read-only, each its own snapshot)."""
     if range_key not in RANGES:
         raise BadRequest(f"range must be one of {', '.join(RANGES)}")
     now = now or datetime.now(UTC)
@@ -357,8 +412,9 @@ async def build_report(db: AsyncSession, project_id: str, range_key: str,
     first = today - timedelta(days=RANGES[range_key] - 1)
     want_events, want_users, want_messages = (m in metrics for m in METRICS)
     await db.execute(_NO_JIT)
-    days = await _range_metrics(db, project_id, first, today,
-                                events=want_events or want_users, messages=want_messages)
+    days, active_users = await _range_metrics(
+        db, sessions, project_id, first, today, events=want_events or want_users,
+        messages=want_messages, active_since=midnight(first) if want_users else None)
     report: dict[str, Any] = {
         "range": range_key, "metrics": list(metrics), "from_": midnight(first), "to": now,
         "days": RANGES[range_key],
@@ -396,8 +452,7 @@ async def build_report(db: AsyncSession, project_id: str, range_key: str,
     if want_events:
         report["events"] = sum(e["events"] for e in series)
     if want_users:
-        report["active_users"] = int(await db.scalar(
-            _ACTIVE_USERS, {"project_id": project_id, "start": midnight(first)}) or 0)
+        report["active_users"] = active_users
     if want_messages:
         report["messages_sent"] = sum(e["messages_sent"] for e in series)
         report["messages"] = {**_funnel(by_status),
