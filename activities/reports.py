@@ -1,10 +1,10 @@
 """Report rollups: compute closed days ahead of time into `daily_rollups`.
 
 One activity call rolls up a page of projects within a time budget and says where to
-resume; the workflow (workflows/reports.py) loops over pages. Each run of up to 7 days
-is one transaction (idempotent: a retry recomputes and replaces it), and the activity
-heartbeats after each, so a large backfill survives worker restarts without redoing
-finished days (they are no longer due).
+resume; the workflow (workflows/reports.py) loops over pages. A run of up to 7 days (all
+due days at once for a small project) is one transaction (idempotent: a retry recomputes
+and replaces it), and the activity heartbeats after each, so a large backfill survives
+worker restarts without redoing finished days (they are no longer due).
 """
 
 from __future__ import annotations
@@ -70,7 +70,11 @@ class ReportActivities:
                 due = await report_service.days_to_roll_up(
                     db, project_id, now, settle_days=input.settle_days,
                     refresh_hours=input.refresh_hours)
-            for lo, hi in report_service.chunks(due):
+                if not due:
+                    after, finished = project_id, finished + 1
+                    continue
+                size = await report_service.rollup_chunk_days(db, project_id, due[0])
+            for lo, hi in report_service.chunks(due, size):
                 if computed and time.monotonic() > deadline:
                     return RollupPageResult(False, after, finished, computed)
                 await self.rollup_days(project_id, lo, hi, now)

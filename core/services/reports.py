@@ -232,6 +232,24 @@ def chunks(days: Sequence[date], max_len: int = 7) -> list[tuple[date, date]]:
     return _runs(days, max_len)
 
 
+SMALL_PROJECT_ROWS = 100_000
+_ROWS_SINCE = text("""
+SELECT (SELECT count(*) FROM (SELECT 1 FROM events WHERE project_id = :project_id
+                              AND timestamp >= :lo LIMIT :cap) AS e)
+     + (SELECT count(*) FROM (SELECT 1 FROM messages WHERE project_id = :project_id
+                              AND created_at >= :lo LIMIT :cap) AS m)
+""")
+
+
+async def rollup_chunk_days(db: AsyncSession, project_id: str, since: date) -> int:
+    """How many days one rollup transaction should take: all of them for a small project
+    (fewer than SMALL_PROJECT_ROWS events and messages since `since`: a bounded count,
+    cheap), a week at a time otherwise."""
+    rows = await db.scalar(_ROWS_SINCE, {"project_id": project_id, "lo": midnight(since),
+                                         "cap": SMALL_PROJECT_ROWS})
+    return HORIZON_DAYS if int(rows or 0) < SMALL_PROJECT_ROWS else 7
+
+
 async def days_to_roll_up(db: AsyncSession, project_id: str, now: datetime, *,
                           settle_days: int, refresh_hours: float) -> list[date]:
     """Closed days of the horizon (the longest range) whose rollup is missing, was computed
