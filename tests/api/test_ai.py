@@ -398,3 +398,54 @@ async def test_generate_cached_errors(tenant: Tenant, activities: AiActivities,
         with pytest.raises(ai.AiAnswerRejected) as err:
             await activities.generate_cached(tenant.project_id, "k", "SMS", "x", None)
         assert err.value.status == 502 and "the limit is 160" in err.value.message
+
+
+# --- the pure parts (core/ai.py) ---
+
+
+@pytest.mark.parametrize(("answer", "reason"), [
+    ("", "the answer was empty"),
+    ("[]", "must be a JSON object"),
+    ('{"title": "a"}', "has no 'body'"),
+    ('{"title": 5, "body": "b"}', "'title' must be a non-empty string"),
+    ('{"title": "  ", "body": "b"}', "'title' must be a non-empty string"),
+    ('{"title": "a", "body": "' + "b" * 151 + '"}', "body is 151 characters long"),
+    ('{"title": "{{ x.__class__ }}", "body": "b"}', "does not compile"),
+    ('{"title": "{% for %}", "body": "b"}', "does not compile"),
+    ('{"title": "{{ secret }}", "body": "b"}', "{{ secret }}, which is not in the list"),
+])
+def test_parse_answer_rejections(answer: str, reason: str) -> None:
+    with pytest.raises(ai.AnswerInvalid) as err:
+        ai.parse_answer("PUSH", answer, ai.template_variables(["plan"]))
+    assert reason in err.value.reason
+
+
+def test_parse_answer_accepts_fences_and_drops_extra_keys() -> None:
+    variables = ai.template_variables(["plan"])
+    fenced = '```json\n{"body": "Hi {{ plan | upper }} {{ event.properties.cartId }}", "x": 1}\n```'
+    assert ai.parse_answer("SMS", fenced, variables) == {
+        "body": "Hi {{ plan | upper }} {{ event.properties.cartId }}"}
+    email = json.dumps({"subject": " Welcome ", "body": "<p>{{ user.email }}</p>"})
+    assert ai.parse_answer("EMAIL", email, variables) == {
+        "subject": "Welcome", "body": "<p>{{ user.email }}</p>"}
+
+
+def test_resolve_config_never_mixes_project_and_environment() -> None:
+    env = {"env_api_key": "env-key", "env_base_url": "http://env/v1", "env_model": "m"}
+    mine = ai.resolve_config({"openaiApiKey": "k"}, **env)
+    assert (mine.api_key, mine.base_url, mine.model) == ("k", ai.DEFAULT_BASE_URL, "m")
+    server = ai.resolve_config({"openaiModel": "mine"}, **env)
+    assert (server.api_key, server.base_url, server.model) == ("env-key", "http://env/v1",
+                                                                "mine")
+    with pytest.raises(ai.AiNotConfigured):
+        ai.resolve_config({"openaiBaseUrl": "http://mine/v1"}, **env)
+    with pytest.raises(ai.AiNotConfigured):
+        ai.resolve_config({}, env_api_key=None, env_base_url="http://env/v1", env_model="m")
+    assert "env-key" not in repr(server)
+
+
+def test_template_variables() -> None:
+    keys = ["plan", "first-name", "user", "webPushSubscriptions", "_x", "plan", "ok_2"]
+    assert ai.template_variables(keys) == ["plan", "ok_2", "user.id", "user.email", "company",
+                                           "event.name", "event.properties.*"]
+    assert len(ai.template_variables(f"p{i}" for i in range(100))) == 30 + 5
