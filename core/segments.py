@@ -62,6 +62,7 @@ from sqlalchemy import (
     String,
     Text,
     and_,
+    any_,
     case,
     cast,
     exists,
@@ -401,6 +402,17 @@ def validate_rules(rules: Any, path: str = "rules", *, attributes_only: bool = F
     parse_rules(rules, path, attributes_only=attributes_only)
 
 
+def has_event_rules(rules: Any) -> bool:
+    """Whether any rule counts events (their set-mode sub-queries are worth planning for)."""
+
+    def walk(node: Node) -> bool:
+        if isinstance(node, Group):
+            return any(walk(c) for c in node.children)
+        return isinstance(node, EventRule)
+
+    return any(walk(n) for n in parse_rules(rules))
+
+
 def is_time_dependent(rules: Any) -> bool:
     """Whether membership can change with time alone (within_last_days, withinDays)."""
 
@@ -415,6 +427,13 @@ def is_time_dependent(rules: Any) -> bool:
 
 
 # -------------------------------------------------------------------------------- to SQL
+
+
+def _text_exact(value: Any) -> bool:
+    """Whether `prop ->> 'k' = value` (text, cheap) is exactly JSON equality with the string
+    `value`: true unless a number, boolean, object or array could print as that text."""
+    return isinstance(value, str) and value not in ("true", "false") and not (
+        value[:1] in ("{", "[", "-") or value[:1].isdigit())
 
 
 def _escape_like(value: str) -> str:
@@ -476,18 +495,20 @@ class _SqlCompiler:
         self.correlated = correlated
 
     def all(self, nodes: Sequence[Node]) -> ColumnElement[bool]:
-        return and_(true(), *(self.node(n) for n in nodes))
+        return and_(true(), *(self.node(n, top=True) for n in nodes))
 
-    def node(self, node: Node) -> ColumnElement[bool]:
+    def node(self, node: Node, top: bool = False) -> ColumnElement[bool]:
+        """`top`: the node is a conjunct of the whole condition (not under an `any`)."""
         if isinstance(node, Group):
-            parts = [self.node(c) for c in node.children]
             if node.kind == "all":
-                return and_(true(), *parts)
-            return or_(false(), *parts)
+                return and_(true(), *(self.node(c, top) for c in node.children))
+            return or_(false(), *(self.node(c) for c in node.children))
         if isinstance(node, EventRule):
-            return self.event(node)
-        atom = func.coalesce(self.attribute(node), false())
-        return not_(atom) if node.negate else atom
+            return self.event(node, top)
+        atom = self.attribute(node)
+        # An atom may be NULL (a missing property), which WHERE reads as false and AND/OR
+        # keep monotone; only a negation needs it made FALSE first.
+        return not_(func.coalesce(atom, false())) if node.negate else atom
 
     # --- attributes: each returns TRUE/FALSE/NULL; the caller coalesces NULL to FALSE
 
@@ -499,8 +520,12 @@ class _SqlCompiler:
         if op == "exists":
             return func.coalesce(func.jsonb_typeof(js), "null") != "null"
         if op == "in":
+            if all(_text_exact(v) for v in value):
+                return text_value.in_([literal(v, String) for v in value])
             return js.in_([literal(_json(v), JSONB) for v in value])
         if op == "eq":
+            if _text_exact(value):
+                return text_value == literal(value, String)
             return js == literal(_json(value), JSONB)
         if op == "contains":
             if kind == "string":
@@ -549,7 +574,7 @@ class _SqlCompiler:
                 self.now - timedelta(days=rule.within_days), _TimestampTz))
         return where
 
-    def event(self, rule: EventRule) -> ColumnElement[bool]:
+    def event(self, rule: EventRule, top: bool = False) -> ColumnElement[bool]:
         op, n = _count_test(rule)
         if self.correlated:
             if (op, n) == ("gte", 1):
@@ -564,7 +589,14 @@ class _SqlCompiler:
             users = self._users_counting(rule, _NEGATE_COUNT[op], n)
             return true() if users is None else not_(EndUser.id.in_(users))
         users = self._users_counting(rule, op, n)
-        return false() if users is None else EndUser.id.in_(users)
+        if users is None:
+            return false()
+        if top:
+            # A conjunct of the whole condition: look the (usually few) users up by the
+            # primary key, `id = ANY(ARRAY(...))`, computed once. PostgreSQL would hash-
+            # join the whole users table instead, misjudging HAVING's selectivity.
+            return EndUser.id == any_(func.array(users.scalar_subquery()))
+        return EndUser.id.in_(users)
 
     def _users_counting(self, rule: EventRule, op: str, n: int) -> Any:
         """The user ids whose count of the event is >= 1 and passes `op n` (None: nobody)."""

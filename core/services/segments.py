@@ -31,7 +31,6 @@ from sqlalchemy import (
     func,
     literal,
     select,
-    text,
     tuple_,
     update,
 )
@@ -41,7 +40,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.errors import BadRequest, Conflict, NotFound
 from core.ids import new_id
 from core.models import Automation, Campaign, EndUser, OutboxEntry, Segment, SegmentMember
-from core.segments import is_time_dependent, rules_condition, validate_rules
+from core.segments import (
+    has_event_rules,
+    is_time_dependent,
+    rules_condition,
+    validate_rules,
+)
 
 log = logging.getLogger("retenshun.segments")
 
@@ -58,16 +62,25 @@ class SegmentFields:
     description: str | None = None
 
 
-async def tune_for_rules(db: AsyncSession) -> None:
-    """Let a whole-project rules query hash its event sub-queries (this transaction only)."""
-    await db.execute(text(f"SET LOCAL work_mem = '{QUERY_WORK_MEM}'"))
+async def tune_for_rules(db: AsyncSession, rules: list[Any]) -> None:
+    """For a whole-project rules query (this transaction only, one round trip): room to
+    hash its event sub-queries, no JIT (compiling the expressions costs more than it
+    saves here), and, when it counts events, no parallel workers (each would aggregate
+    the events again)."""
+    parallel = "0" if has_event_rules(rules) else None
+    await db.execute(
+        select(func.set_config("work_mem", QUERY_WORK_MEM, True),
+               func.set_config("jit", "off", True),
+               func.set_config("max_parallel_workers_per_gather",
+                               parallel or func.current_setting(
+                                   "max_parallel_workers_per_gather"), True)))
 
 
 async def count_matching(db: AsyncSession, project_id: str, rules: list[Any],
                          now: datetime | None = None) -> int:
     """The exact number of the project's users matching `rules` (400 if malformed)."""
     condition = rules_condition(project_id, rules, now=now)
-    await tune_for_rules(db)
+    await tune_for_rules(db, rules)
     return int(await db.scalar(select(func.count()).select_from(EndUser).where(condition))
                or 0)
 
@@ -200,7 +213,7 @@ async def rebuild_membership(db: AsyncSession, segment_id: str,
         log.error("segment %s has rules that no longer compile (%s); left as is",
                   segment_id, exc.message)
         return None
-    await tune_for_rules(db)
+    await tune_for_rules(db, segment.rules)
     seg = literal(segment_id, String)
     matching = select(EndUser.id.label("user_id")).where(condition).cte("matching")
     inserted = (
