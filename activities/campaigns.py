@@ -127,19 +127,17 @@ class CampaignActivities:
             return PageResult(stopped=True)
         result = PageResult(count=len(page.user_ids), done=len(page.user_ids) < limit,
                             last_user_id=page.user_ids[-1] if page.user_ids else input.after)
+        async with session_scope(self._sessions) as db:
+            recipients = await campaign_service.page_messages(
+                db, input.project_id, input.campaign_id, page)
         semaphore = asyncio.Semaphore(max(1, input.concurrency))
         pacer = _Pacer(page.rate_limit) if page.rate_limit else None
         deferred: list[str] = []
 
-        async def one(user_id: str) -> None:
+        async def one(user_id: str, message_id: str) -> None:
             async with semaphore:
                 if pacer is not None:
                     await pacer.wait()
-                async with session_scope(self._sessions) as db:
-                    message_id = await campaign_service.recipient_message(
-                        db, input.project_id, input.campaign_id, user_id, page)
-                if message_id is None:  # erased meanwhile
-                    return
                 try:
                     outcome = await self._messaging.deliver_message(input.project_id,
                                                                     message_id)
@@ -154,7 +152,7 @@ class CampaignActivities:
                     result.sent += 1
                 activity.heartbeat(user_id)
 
-        outcomes = await asyncio.gather(*(one(u) for u in page.user_ids),
+        outcomes = await asyncio.gather(*(one(u, m) for u, m in recipients),
                                         return_exceptions=True)
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         if errors:  # every send of the page has ended; the retry redoes only the unsent

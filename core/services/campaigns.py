@@ -345,39 +345,54 @@ async def audience_page(db: AsyncSession, project_id: str, campaign_id: str,
     return page
 
 
-async def recipient_message(db: AsyncSession, project_id: str, campaign_id: str,
-                            user_id: str, page: Audience) -> str | None:
-    """The id of this recipient's message, stored (rendered, queued) on first call;
-    the same id on every later call. A recipient that cannot get one (no email
-    address, a template that fails for their profile) gets a `failed` message saying
-    why. None if the user no longer exists."""
-    key = send_key(campaign_id, user_id)
-    existing = await db.scalar(select(Message.id).where(Message.project_id == project_id,
-                                                        Message.send_key == key))
-    if existing is not None:
-        return existing
-    user = await db.get(EndUser, (project_id, user_id))
-    if user is None:
-        return None
-    try:  # refusals (no address, a render failure) raise before anything is written
-        message = await message_service.create_keyed_message(
-            db, project_id, user, channel=page.channel, subject=page.subject,
-            body=page.body, template_id=None, send_key=key, source="campaign",
-            source_id=campaign_id, transactional=False, company=page.company)
+async def page_messages(db: AsyncSession, project_id: str, campaign_id: str,
+                        page: Audience) -> list[tuple[str, str]]:
+    """(user id, message id) for every member of the page: each member's message is
+    rendered and stored (queued) under `campaign:{id}:{userId}` on the first call, and
+    the same id comes back on every later call (a retried page, a restarted worker).
+    A member who cannot get one (no email address, a template that fails on their
+    profile) gets a `failed` message saying why. Members erased meanwhile are left out.
+    Three statements for the whole page, whatever its size."""
+    keys = {send_key(campaign_id, u): u for u in page.user_ids}
+    found = {k: m for k, m in await db.execute(select(Message.send_key, Message.id).where(
+        Message.project_id == project_id, Message.send_key.in_(list(keys))))}
+    todo = [u for k, u in keys.items() if k not in found]
+    if todo:
+        users = await db.scalars(select(EndUser).where(EndUser.project_id == project_id,
+                                                       EndUser.id.in_(todo)))
+        rows = [_message_row(project_id, campaign_id, page, user) for user in users]
+        if rows:
+            await db.execute(pg_insert(Message).values(rows).on_conflict_do_nothing(
+                index_elements=["project_id", "send_key"]))
+            found.update({k: m for k, m in await db.execute(
+                select(Message.send_key, Message.id).where(
+                    Message.project_id == project_id,
+                    Message.send_key.in_([r["send_key"] for r in rows])))})
+    return [(u, found[k]) for k, u in keys.items() if k in found]
+
+
+def _message_row(project_id: str, campaign_id: str, page: Audience, user: EndUser,
+                 ) -> dict[str, Any]:
+    """What create_keyed_message stores, for one member (or a failed row saying why)."""
+    row: dict[str, Any] = {
+        "id": new_id("msg"), "project_id": project_id, "user_id": user.id,
+        "channel": page.channel, "transactional": False, "template_id": page.template_id,
+        "source": "campaign", "source_id": campaign_id,
+        "send_key": send_key(campaign_id, user.id),
+    }
+    try:
+        if page.body is None:
+            raise BadRequest("the campaign has no body")
+        context = rendering.build_context(user=message_service.user_context(user),
+                                          company=page.company)
+        subject, body = rendering.render_message(page.channel, page.subject, page.body,
+                                                 context)
+        to_address = message_service.address_for(page.channel, user)
     except BadRequest as exc:
-        message = None
-        await db.execute(pg_insert(Message).values(
-            id=new_id("msg"), project_id=project_id, user_id=user_id, channel=page.channel,
-            subject=None, body="", status="failed", transactional=False,
-            template_id=page.template_id, source="campaign", source_id=campaign_id,
-            send_key=key, error=exc.message[:1000],
-        ).on_conflict_do_nothing(index_elements=["project_id", "send_key"]))
-    if message is not None:
-        if page.template_id:
-            message.template_id = page.template_id
-        return message.id
-    return await db.scalar(select(Message.id).where(Message.project_id == project_id,
-                                                    Message.send_key == key))
+        return {**row, "subject": None, "body": "", "status": "failed",
+                "error": exc.message[:1000], "to_address": None}
+    return {**row, "subject": subject, "body": body, "status": "queued", "error": None,
+            "to_address": to_address}
 
 
 async def finish(db: AsyncSession, project_id: str, campaign_id: str, status: str,

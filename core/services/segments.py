@@ -299,10 +299,10 @@ async def refresh_users(db: AsyncSession, project_id: str, user_ids: list[str],
     for row in await db.execute(select(EndUser.id, *columns).where(
             EndUser.project_id == project_id, EndUser.id.in_(user_ids))):
         wanted.update((ids[i], row[0]) for i, hit in enumerate(row[1:]) if hit)
-    current = set((await db.execute(select(SegmentMember.segment_id, SegmentMember.user_id)
-                                    .where(SegmentMember.project_id == project_id,
-                                           SegmentMember.user_id.in_(user_ids),
-                                           SegmentMember.segment_id.in_(ids)))).tuples())
+    current = {(s, u) for s, u in await db.execute(
+        select(SegmentMember.segment_id, SegmentMember.user_id).where(
+            SegmentMember.project_id == project_id, SegmentMember.user_id.in_(user_ids),
+            SegmentMember.segment_id.in_(ids)))}
     to_add, to_remove = wanted - current, current - wanted
     if not to_add and not to_remove:
         return change
@@ -317,12 +317,12 @@ async def refresh_users(db: AsyncSession, project_id: str, user_ids: list[str],
     delta: dict[str, int] = defaultdict(int)
     entered: list[tuple[str, str]] = []
     if to_add:
-        entered = list((await db.execute(
+        entered = [(s, u) for s, u in await db.execute(
             insert(SegmentMember).values([
                 {"segment_id": s, "user_id": u, "project_id": project_id}
                 for s, u in sorted(to_add)])
             .on_conflict_do_nothing(index_elements=["segment_id", "user_id"])
-            .returning(SegmentMember.segment_id, SegmentMember.user_id))).tuples())
+            .returning(SegmentMember.segment_id, SegmentMember.user_id))]
         for s, _ in entered:
             delta[s] += 1
     if to_remove:
