@@ -89,7 +89,7 @@ def build_activities(deps: WorkerDeps) -> list[Callable[..., Any]]:
         automations.begin, automations.record_step, automations.finish,
         automations.evaluate_branch, automations.send_step,
         ai.generate, ai.generate_cached_content, reports.rollup_page,
-        campaigns.begin, campaigns.send_page, campaigns.finish,
+        campaigns.begin, campaigns.plan, campaigns.send_page, campaigns.finish,
         segments.refresh, segments.recompute,
     ]
 

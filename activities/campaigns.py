@@ -52,12 +52,35 @@ class BeginResult:
 
 
 @dataclass
+class PlanInput:
+    project_id: str
+    campaign_id: str
+    after: str | None = None  # the last user id already covered
+    page_size: int = 500
+    max_pages: int = 20
+    parallel_pages: int = 1  # pages sent at once (shares the campaign's rateLimit)
+
+
+@dataclass
+class PageRange:
+    after: str | None
+    upto: str
+
+
+@dataclass
+class PlanResult:
+    ranges: list[PageRange]
+    stopped: bool = False  # the campaign is no longer SENDING (cancelled)
+
+
+@dataclass
 class PageInput:
     project_id: str
     campaign_id: str
-    after: str | None = None  # the last user id of the previous page
-    limit: int = 500
+    after: str | None  # members with after < user id <= upto
+    upto: str
     concurrency: int = 16
+    rate_share: int = 1  # this page sends at rateLimit / rate_share
 
 
 @dataclass
@@ -82,7 +105,7 @@ class FinishInput:
 class _Pacer:
     """At most `rate` starts per second across the page's concurrent sends."""
 
-    def __init__(self, rate: int):
+    def __init__(self, rate: float):
         self.interval = 1.0 / rate
         self.next = time.monotonic()
 
@@ -109,29 +132,43 @@ class CampaignActivities:
         return BeginResult(begin.action, begin.status,
                            begin.scheduled_at.isoformat() if begin.scheduled_at else None)
 
-    @activity.defn(name="send_campaign_page")
-    async def send_page(self, input: PageInput) -> PageResult:
-        limit = input.limit
+    @activity.defn(name="plan_campaign_pages")
+    async def plan(self, input: PlanInput) -> PlanResult:
+        """The next pages of the audience as user-id ranges (one indexed scan)."""
         try:
             async with session_scope(self._sessions) as db:
                 rate = (await campaign_service.get_campaign(
                     db, input.project_id, input.campaign_id)).rate_limit
-                if rate:
-                    limit = max(1, min(limit, rate * PAGE_SECONDS_AT_RATE))
+                page_size = input.page_size
+                if rate:  # a page holds ~PAGE_SECONDS_AT_RATE seconds of its share
+                    share = rate / max(1, input.parallel_pages)
+                    page_size = max(1, min(page_size, int(share * PAGE_SECONDS_AT_RATE)))
+                status, ranges = await campaign_service.plan_pages(
+                    db, input.project_id, input.campaign_id, input.after, page_size,
+                    input.max_pages)
+        except RetenshunError as exc:  # deleted campaign/segment: give up
+            raise ApplicationError(exc.message, type="CampaignUnsendable",
+                                   non_retryable=True) from exc
+        return PlanResult([PageRange(a, b) for a, b in ranges], stopped=status != "SENDING")
+
+    @activity.defn(name="send_campaign_page")
+    async def send_page(self, input: PageInput) -> PageResult:
+        try:
+            async with session_scope(self._sessions) as db:
                 page = await campaign_service.audience_page(
-                    db, input.project_id, input.campaign_id, input.after, limit)
+                    db, input.project_id, input.campaign_id, input.after, input.upto)
         except RetenshunError as exc:  # deleted campaign/segment/template: give up
             raise ApplicationError(exc.message, type="CampaignUnsendable",
                                    non_retryable=True) from exc
         if page.status != "SENDING":
             return PageResult(stopped=True)
-        result = PageResult(count=len(page.user_ids), done=len(page.user_ids) < limit,
-                            last_user_id=page.user_ids[-1] if page.user_ids else input.after)
+        result = PageResult(count=len(page.user_ids), done=False, last_user_id=input.upto)
         async with session_scope(self._sessions) as db:
             recipients = await campaign_service.page_messages(
                 db, input.project_id, input.campaign_id, page)
         semaphore = asyncio.Semaphore(max(1, input.concurrency))
-        pacer = _Pacer(page.rate_limit) if page.rate_limit else None
+        pacer = (_Pacer(page.rate_limit / max(1, input.rate_share)) if page.rate_limit
+                 else None)
         deferred: list[str] = []
 
         async def one(user_id: str, message_id: str) -> None:

@@ -6,9 +6,11 @@ segment page by page.
   `begin_campaign` activity checks the row (the truth): due -> SENDING, moved later ->
   wait again, unscheduled or cancelled -> stop. So a lost signal delays nothing it
   should not, and DELETE cancels both by status and by cancelling this workflow.
-- Sending: `send_campaign_page` for up to PAGE_SIZE members (user-id order) at a time,
-  with bounded concurrency inside the activity; continue-as-new every PAGES_PER_RUN
-  pages carries the cursor, so a million recipients keep a short history.
+- Sending: `plan_campaign_pages` cuts the next PAGES_PER_RUN pages of the audience
+  (PAGE_SIZE members each, user-id order) into id ranges; `send_campaign_page` sends
+  one range with bounded concurrency inside the activity, PARALLEL_PAGES ranges at a
+  time (so several workers share a big campaign); continue-as-new after each plan
+  carries the cursor, so a million recipients keep a short history.
 - Closing: `finish_campaign` sets SENT, or FAILED when a page gives up (retries of a
   provider outage run out after a day), or CANCELLED on cancellation.
 """
@@ -34,11 +36,21 @@ with workflow.unsafe.imports_passed_through():
         FinishInput,
         PageInput,
         PageResult,
+        PlanInput,
     )
 
 PAGE_SIZE = 500
 PAGES_PER_RUN = 20
-CONCURRENCY = 16
+CONCURRENCY = 16  # sends in flight per page
+PARALLEL_PAGES = 2  # pages in flight per campaign (on any workers)
+
+# Planning: one scan of the next PAGES_PER_RUN pages of the audience.
+PLAN = ActivityPreset(
+    start_to_close_timeout=timedelta(minutes=5),
+    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                             maximum_interval=timedelta(seconds=30),
+                             non_retryable_error_types=["CampaignUnsendable"]),
+)
 
 # One page: many sends, heartbeating per recipient; provider outages ride out a day.
 PAGE = ActivityPreset(
@@ -65,6 +77,7 @@ class CampaignInput:
     page_size: int = PAGE_SIZE
     pages_per_run: int = PAGES_PER_RUN
     concurrency: int = CONCURRENCY
+    parallel_pages: int = PARALLEL_PAGES
 
 
 @dataclass
@@ -137,32 +150,45 @@ class CampaignWorkflow:
 
     async def _send(self, input: CampaignInput, ref: CampaignRef) -> CampaignResult:
         cursor, pages = input.cursor, input.pages
-        while True:
-            try:
-                page: PageResult = await workflow.execute_activity_method(
-                    CampaignActivities.send_page,
-                    PageInput(input.project_id, input.campaign_id, after=cursor,
-                              limit=input.page_size, concurrency=input.concurrency),
-                    **PAGE.kwargs(),
-                )
-            except ActivityError as err:
-                reason = f"sending gave up: {err.cause or err}"
-                status = await workflow.execute_activity_method(
-                    CampaignActivities.finish,
-                    FinishInput(input.project_id, input.campaign_id, "FAILED", reason[:1000]),
-                    **DB.kwargs())
-                return CampaignResult(status, pages)
-            if page.stopped:
+        parallel = max(1, input.parallel_pages)
+        try:
+            plan = await workflow.execute_activity_method(
+                CampaignActivities.plan,
+                PlanInput(input.project_id, input.campaign_id, after=cursor,
+                          page_size=input.page_size, max_pages=input.pages_per_run,
+                          parallel_pages=parallel),
+                **PLAN.kwargs())
+            if plan.stopped:
                 return CampaignResult("CANCELLED", pages)
-            pages += 1
-            cursor = page.last_user_id
-            if page.done:
-                break
-            if pages % input.pages_per_run == 0:
-                workflow.continue_as_new(CampaignInput(
-                    input.project_id, input.campaign_id, cursor=cursor, started=True,
-                    pages=pages, page_size=input.page_size,
-                    pages_per_run=input.pages_per_run, concurrency=input.concurrency))
+            for i in range(0, len(plan.ranges), parallel):
+                wave = plan.ranges[i:i + parallel]
+                results = await asyncio.gather(*(
+                    workflow.execute_activity_method(
+                        CampaignActivities.send_page,
+                        PageInput(input.project_id, input.campaign_id, after=r.after,
+                                  upto=r.upto, concurrency=input.concurrency,
+                                  rate_share=len(wave)),
+                        **PAGE.kwargs())
+                    for r in wave), return_exceptions=True)
+                for outcome in results:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                if any(r.stopped for r in results if isinstance(r, PageResult)):
+                    return CampaignResult("CANCELLED", pages)
+                pages += len(wave)
+                cursor = wave[-1].upto
+        except ActivityError as err:
+            reason = f"sending gave up: {err.cause or err}"
+            status = await workflow.execute_activity_method(
+                CampaignActivities.finish,
+                FinishInput(input.project_id, input.campaign_id, "FAILED", reason[:1000]),
+                **DB.kwargs())
+            return CampaignResult(status, pages)
+        if len(plan.ranges) == input.pages_per_run:  # more may follow: a fresh run
+            workflow.continue_as_new(CampaignInput(
+                input.project_id, input.campaign_id, cursor=cursor, started=True,
+                pages=pages, page_size=input.page_size, pages_per_run=input.pages_per_run,
+                concurrency=input.concurrency, parallel_pages=input.parallel_pages))
         status = await workflow.execute_activity_method(
             CampaignActivities.finish, FinishInput(input.project_id, input.campaign_id, "SENT"),
             **DB.kwargs())

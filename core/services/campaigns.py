@@ -317,30 +317,57 @@ class Audience:
     rate_limit: int | None
 
 
-async def audience_page(db: AsyncSession, project_id: str, campaign_id: str,
-                        after: str | None, limit: int) -> Audience:
-    """The next `limit` members (by user id, after `after`) of the campaign's segment as
-    its rules stand now, among users that existed when sending started."""
-    campaign = await get_campaign(db, project_id, campaign_id)
-    page = Audience(campaign.status, campaign.channel, [], campaign.template_id,
-                    campaign.subject, campaign.body, "", campaign.rate_limit)
-    if campaign.status != "SENDING":
-        return page
+async def _audience_query(db: AsyncSession, project_id: str, campaign: Campaign) -> Any:
+    """Members of the campaign's segment as its rules stand now, among the users that
+    existed when sending started, in user-id order (event rules counted per user)."""
     if campaign.segment_id is None:
         raise BadRequest("the campaign's segment was deleted")
     rules = await db.scalar(select(Segment.rules).where(Segment.id == campaign.segment_id))
     if rules is None:
         raise BadRequest("the campaign's segment was deleted")
+    query = select(EndUser.id).where(rules_condition(project_id, rules, correlated=True))
+    if campaign.started_at is not None:
+        query = query.where(EndUser.created_at <= campaign.started_at)
+    return query.order_by(EndUser.id)
+
+
+async def plan_pages(db: AsyncSession, project_id: str, campaign_id: str, after: str | None,
+                     page_size: int, max_pages: int) -> tuple[str, list[tuple[str | None, str]]]:
+    """(status, ranges): the next `max_pages` pages of members after `after`, as
+    (after, up to) user-id ranges of `page_size` members each; fewer than `max_pages`
+    (or none) means the audience ends there."""
+    campaign = await get_campaign(db, project_id, campaign_id)
+    if campaign.status != "SENDING":
+        return campaign.status, []
+    query = await _audience_query(db, project_id, campaign)
+    if after is not None:
+        query = query.where(EndUser.id > literal(after, String))
+    ids = list(await db.scalars(query.limit(page_size * max_pages)))
+    ranges: list[tuple[str | None, str]] = []
+    start = after
+    for i in range(0, len(ids), page_size):
+        end = ids[min(i + page_size, len(ids)) - 1]
+        ranges.append((start, end))
+        start = end
+    return campaign.status, ranges
+
+
+async def audience_page(db: AsyncSession, project_id: str, campaign_id: str,
+                        after: str | None, upto: str) -> Audience:
+    """The members with `after` < user id <= `upto`, and what their message needs."""
+    campaign = await get_campaign(db, project_id, campaign_id)
+    page = Audience(campaign.status, campaign.channel, [], campaign.template_id,
+                    campaign.subject, campaign.body, "", campaign.rate_limit)
+    if campaign.status != "SENDING":
+        return page
+    query = await _audience_query(db, project_id, campaign)
     if campaign.template_id:
         template = await message_service.load_template(db, project_id, campaign.template_id,
                                                        campaign.channel)
         page.subject, page.body = template.subject, template.body
-    query = select(EndUser.id).where(rules_condition(project_id, rules, correlated=True))
     if after is not None:
         query = query.where(EndUser.id > literal(after, String))
-    if campaign.started_at is not None:
-        query = query.where(EndUser.created_at <= campaign.started_at)
-    page.user_ids = list(await db.scalars(query.order_by(EndUser.id).limit(limit)))
+    page.user_ids = list(await db.scalars(query.where(EndUser.id <= literal(upto, String))))
     page.company = await db.scalar(select(Project.name).where(Project.id == project_id)) or ""
     return page
 

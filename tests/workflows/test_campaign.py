@@ -204,13 +204,14 @@ async def test_worker_killed_mid_send_every_member_gets_exactly_one_mail(
         sink.victim = start_worker_process(settings, queue)
         workers.append(sink.victim)
         client = await Client.connect(settings.temporal_address)
-        # One send at a time: at the kill the only send in flight is the accepted one
+        # One send at a time (one page, one send): at the kill the only send in flight is
+        # the accepted one
         # (sends the worker had begun but the provider had not accepted are never
         # repeated: see docs/segments-and-campaigns.md).
         handle = await client.start_workflow(
             CampaignWorkflow.run,
             CampaignInput(tenant.project_id, camp["id"], started=True, page_size=5,
-                          concurrency=1),
+                          concurrency=1, parallel_pages=1),
             id=ids.campaign_workflow_id(camp["id"]), task_queue=queue)
         await sink.wait_for(7, timeout=60)
         deadline = time.monotonic() + 10
