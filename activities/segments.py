@@ -23,6 +23,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -78,6 +79,25 @@ class _Progress:
     seen: dict[tuple[str, str], datetime] = field(default_factory=dict)
 
 
+@contextlib.asynccontextmanager
+async def _heartbeating(*details: object, every: float = 5.0) -> AsyncIterator[None]:
+    """Heartbeat while one long statement runs (a rebuild of a million-member segment),
+    so the activity is not taken for dead meanwhile."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(every)
+            activity.heartbeat(*details)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def _encode(cursor: segment_service.Cursor) -> list[str]:
     return [cursor[0].isoformat(), cursor[1], cursor[2]]
 
@@ -109,7 +129,7 @@ class SegmentActivities:
         deadline = time.monotonic() + input.run_seconds
         next_sweep = time.monotonic() + SWEEP_SECONDS
         while time.monotonic() < deadline and not activity.is_worker_shutdown():
-            worked = await self._rebuild_pending(progress.result)
+            worked = await self._rebuild_pending(progress)
             worked |= await self._follow(progress, input.batch_size)
             if time.monotonic() >= next_sweep:
                 await self._sweep(progress, input.batch_size)
@@ -122,11 +142,13 @@ class SegmentActivities:
                                            input.poll_seconds)
         return progress.result
 
-    async def _rebuild_pending(self, result: RefreshResult) -> bool:
+    async def _rebuild_pending(self, progress: _Progress) -> bool:
+        result = progress.result
         async with session_scope(self._sessions) as db:
             pending = await segment_service.pending_segments(db)
         for segment_id in pending:
-            async with session_scope(self._sessions) as db:
+            async with _heartbeating(_encode(progress.cursor)), \
+                    session_scope(self._sessions) as db:
                 change = await segment_service.rebuild_membership(db, segment_id)
             if change is not None:
                 result.rebuilt += 1
@@ -191,7 +213,7 @@ class SegmentActivities:
             segment_ids = await segment_service.segments_to_recompute(db, stale_before)
         result = RecomputeResult()
         for i, segment_id in enumerate(segment_ids):
-            async with session_scope(self._sessions) as db:
+            async with _heartbeating(i), session_scope(self._sessions) as db:
                 change = await segment_service.rebuild_membership(db, segment_id)
             if change is not None:
                 result.segments += 1

@@ -91,7 +91,7 @@ SELECT %(p)s, 'user-' || g, 'user-' || g || '@example.com',
                'city', (ARRAY['Paris', 'Berlin', 'Lyon', 'Rome'])[1 + g %% 4])),
        true, now() - interval '200 days', now() - (g %% 90) * interval '1 day',
        now() - (g %% 90) * interval '1 day', 10, 2, now(), now()
-FROM generate_series(%(lo)s, %(hi)s) AS g
+FROM generate_series(%(lo)s::int, %(hi)s::int) AS g
 """
 
 EVENTS_SQL = """
@@ -100,7 +100,7 @@ INSERT INTO events (id, project_id, user_id, event_name, properties, timestamp,
 SELECT 'evt_b' || g, %(p)s, 'user-' || (1 + (hashint4(g) & 2147483647) %% %(users)s),
        (%(names)s::text[])[1 + g %% 20], '{}'::jsonb,
        now() - ((hashint4(g + 1) & 2147483647) %% (90 * 86400)) * interval '1 second', now()
-FROM generate_series(%(lo)s, %(hi)s) AS g
+FROM generate_series(%(lo)s::int, %(hi)s::int) AS g
 """
 
 EVENT_INDEXES = ["ix_events_project_ts", "ix_events_project_user_ts",

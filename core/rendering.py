@@ -10,12 +10,13 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from html.parser import HTMLParser
 from typing import Any
 
-from jinja2 import ChainableUndefined, TemplateSyntaxError, nodes
+from jinja2 import ChainableUndefined, Template, TemplateSyntaxError, nodes
 from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -94,14 +95,23 @@ def validate(source: str | None, field: str, *, escape_html: bool = False) -> No
     _check_ast(tree, field)
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled(source: str, field: str, escape_html: bool) -> Template:
+    """A validated, compiled template. Compiling costs far more than rendering, and a
+    campaign page or a drip step renders one source for many users; failures raise and
+    so are never cached."""
+    validate(source, field, escape_html=escape_html)
+    return _env(escape_html).from_string(source)
+
+
 def render(source: str, context: Mapping[str, Any], field: str, *,
            escape_html: bool = False) -> str:
     """Render with the output capped; any template failure is a clear 400, never a 500."""
-    validate(source, field, escape_html=escape_html)
+    template = _compiled(source, field, escape_html)
     try:
         chunks: list[str] = []
         size = 0
-        for chunk in _env(escape_html).from_string(source).generate(dict(context)):
+        for chunk in template.generate(dict(context)):
             size += len(chunk)
             if size > MAX_OUTPUT_CHARS:
                 raise TemplateInvalid(f"{field}: output is over {MAX_OUTPUT_CHARS} characters")

@@ -639,6 +639,8 @@ def rules_condition(project_id: str, rules: list[Any], *, now: datetime | None =
 
         select(func.count()).select_from(EndUser).where(rules_condition(pid, rules))
 
+    Like SQL itself it may be NULL for a user whose property is missing, which WHERE
+    reads as false; wrap it in `coalesce(..., false)` before negating it.
     `now` fixes "now" for the time-relative operators (default: the current time).
     `correlated=True` counts events per user row (index lookups) instead of once per
     query: use it when the query touches one user or a page of users. Raises BadRequest

@@ -42,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
 PAGE_SIZE = 500
 PAGES_PER_RUN = 20
 CONCURRENCY = 16  # sends in flight per page
-PARALLEL_PAGES = 2  # pages in flight per campaign (on any workers)
+PARALLEL_PAGES = 4  # pages in flight per campaign (on any workers)
 
 # Planning: one scan of the next PAGES_PER_RUN pages of the audience.
 PLAN = ActivityPreset(

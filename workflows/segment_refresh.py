@@ -29,9 +29,10 @@ with workflow.unsafe.imports_passed_through():
         SegmentActivities,
     )
 
-# The long-poll activity: a minute of work per call, heartbeating its cursor.
+# The long-poll activity: a minute of work per call (plus any rebuild under way),
+# heartbeating its cursor.
 REFRESH = ActivityPreset(
-    start_to_close_timeout=timedelta(minutes=5),
+    start_to_close_timeout=timedelta(hours=1),
     heartbeat_timeout=timedelta(seconds=30),
     retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                              maximum_interval=timedelta(seconds=30)),
