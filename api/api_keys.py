@@ -63,7 +63,12 @@ async def create_key(body: KeyCreate, ctx: AdminSession, db: SessionDep) -> KeyC
 
 
 @router.delete("", response_model=Deleted, responses=errors(400, 401, 403, 404, 413, 429))
-async def revoke_key(body: KeyRevoke, ctx: AdminSession, db: SessionDep) -> Deleted:
+async def revoke_key(body: KeyRevoke, ctx: AdminSession, db: SessionDep,
+                     state: StateDep) -> Deleted:
     """Revoke by id: the key answers 401 from the next request on."""
     await key_service.revoke_key(db, project_id=ctx.project_id, key_id=body.id)
+    # Committed before the answer, and this process's key cache emptied after the commit;
+    # the others empty theirs on the NOTIFY the revocation sent (api/keycache.py).
+    await db.commit()
+    state.key_cache.invalidate()
     return Deleted()

@@ -32,10 +32,12 @@ from api import (
     webhooks,
 )
 from api.errors import install_error_handlers
+from api.keycache import KeyCache
 from api.middleware import BodyLimitMiddleware, RateLimitHeadersMiddleware
 from api.state import AppState
 from core.crypto import SecretBox
-from core.db import make_async_engine, make_sessionmaker, open_raw_pool
+from core.db import libpq_url, make_async_engine, make_sessionmaker, open_raw_pool
+from core.outbox import OutboxWaker
 from core.ratelimit import RateLimiter, with_burst
 from core.settings import Settings, get_settings
 from core.temporal import TemporalConnector
@@ -59,11 +61,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.retenshun = AppState(
             settings=settings, engine=engine, sessions=make_sessionmaker(engine),
             raw_pool=raw_pool, limiter=limiter, secrets=SecretBox(settings.secret_key),
-            temporal=TemporalConnector(settings),
+            temporal=TemporalConnector(settings), outbox_waker=OutboxWaker(raw_pool),
+            key_cache=KeyCache(libpq_url(settings.database_url)),
         )
+        await app.state.retenshun.key_cache.start()
         try:
             yield
         finally:
+            await app.state.retenshun.key_cache.close()
+            await app.state.retenshun.outbox_waker.close()
             await raw_pool.close()
             await engine.dispose()
 
@@ -83,7 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     v1 = APIRouter(prefix=API_PREFIX)
     routers = (
-        auth, projects, api_keys, team, events, users, automations, templates, channels,
+        # events first: routes are matched in order, and ingestion is the hot path.
+        events, auth, projects, api_keys, team, users, automations, templates, channels,
         messages, webhooks, inbox, news, health, ai, reports, segments, campaigns,
     )
     for module in routers:

@@ -18,7 +18,8 @@ SESSION_COOKIE = "retenshun_session"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async on purpose: FastAPI runs a plain `def` dependency in a thread, on every request.
     return request.app.state.retenshun  # type: ignore[no-any-return]
 
 
@@ -83,17 +84,24 @@ async def _authenticate_key(request: Request, state: AppState) -> KeyContext:
     if not key:
         await _rate_limit_client(request, state)
         raise Unauthorized("Missing API key: send it in the x-api-key header")
+    key_hash = sha256_hex(key)
+    cached: KeyContext | None = state.key_cache.get(key_hash)
+    if cached is not None:
+        return cached
+    generation = state.key_cache.generation
     async with state.raw_pool.connection() as conn:
         cur = await conn.execute(
             "SELECT id, project_id, kind FROM api_keys "
             "WHERE key_hash = %s AND revoked_at IS NULL",
-            (sha256_hex(key),),
+            (key_hash,),
         )
         row = await cur.fetchone()
     if row is None:
         await _rate_limit_client(request, state)
         raise Unauthorized("Invalid or revoked API key")
-    return KeyContext(project_id=row[1], key_id=row[0], kind=row[2])
+    ctx = KeyContext(project_id=row[1], key_id=row[0], kind=row[2])
+    state.key_cache.put(key_hash, ctx, generation)
+    return ctx
 
 
 async def ingest_key(request: Request, state: StateDep) -> KeyContext:

@@ -81,6 +81,8 @@ async def track_event(
     """Track one event and upsert its user. `messageId` or `Idempotency-Key` make it idempotent."""
     async with state.raw_pool.connection() as conn:
         result = await event_service.track(conn, key.project_id, body.to_new(idempotency_key))
+    if result.queued:
+        state.outbox_waker.poke()
     if result.duplicate:
         response.status_code = 200
         return TrackOut(id=result.id, status="duplicate")
@@ -94,6 +96,8 @@ async def track_batch(body: BatchIn, key: IngestKey, state: StateDep) -> BatchOu
         result = await event_service.track_batch(
             conn, key.project_id, [e.to_new() for e in body.events]
         )
+    if result.queued:
+        state.outbox_waker.poke()
     return BatchOut(accepted=result.accepted, duplicates=result.duplicates, ids=result.ids)
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from api.keycache import KeyCache
 from core.crypto import SecretBox
+from core.outbox import OutboxWaker
 from core.ratelimit import RateLimiter
 from core.settings import Settings
 from core.temporal import TemporalConnector
@@ -22,3 +25,5 @@ class AppState:
     limiter: RateLimiter
     secrets: SecretBox
     temporal: TemporalConnector
+    outbox_waker: OutboxWaker
+    key_cache: KeyCache[Any]  # hash -> api.deps.KeyContext

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.crypto import sha256_hex
@@ -13,6 +13,8 @@ from core.ids import new_id, random_token
 from core.models import ApiKey
 
 KEY_PREFIXES = {"public": "pk_live_", "secret": "sk_live_"}
+# NOTIFY channel of revocations, for the API processes' key caches (api/keycache.py).
+KEY_CACHE_CHANNEL = "retenshun_api_keys"
 
 
 async def create_key(
@@ -46,3 +48,5 @@ async def revoke_key(db: AsyncSession, *, project_id: str, key_id: str) -> None:
     )
     if result.rowcount == 0:  # type: ignore[attr-defined]
         raise NotFound(f"No active API key {key_id} in this project")
+    # Every API process caches valid keys for a few seconds: tell them, at commit.
+    await db.execute(select(func.pg_notify(KEY_CACHE_CHANNEL, "")))

@@ -39,6 +39,7 @@ class NewEvent:
 class TrackResult:
     id: str
     duplicate: bool
+    queued: bool = False  # an outbox row was written: wake the dispatcher (core.outbox)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ class BatchResult:
     ids: list[str]
     accepted: int
     duplicates: int
+    queued: bool = False
 
 
 # The user upsert shared by single and batch ingestion. Per user it receives the
@@ -94,10 +96,8 @@ WITH ev AS (
     WHERE EXISTS (SELECT 1 FROM automations a WHERE a.project_id = %(project_id)s
                   AND %(event_name)s::text = ANY(a.watch_events))
     RETURNING id
-), wake AS (
-    SELECT pg_notify('retenshun_outbox', '') FROM ob LIMIT 1
 )
-SELECT id, (SELECT count(*) FROM wake) FROM ev
+SELECT id, EXISTS (SELECT FROM ob) FROM ev
 """
 )
 
@@ -112,7 +112,7 @@ WITH ob AS (
                         WHERE a.project_id = %(project_id)s::text))
     RETURNING id
 )
-SELECT pg_notify('retenshun_outbox', '') FROM ob LIMIT 1
+SELECT EXISTS (SELECT FROM ob)
 """
 
 _INSERT_BATCH = """
@@ -150,8 +150,8 @@ async def track(conn: AsyncConnection, project_id: str, event: NewEvent) -> Trac
         "ts": event.timestamp or now, "now": now, "key": event.idempotency_key,
     }
     cur = await conn.execute(_TRACK_ONE, params)
-    if await cur.fetchone() is not None:
-        return TrackResult(event.id, duplicate=False)
+    if (row := await cur.fetchone()) is not None:
+        return TrackResult(event.id, duplicate=False, queued=bool(row[1]))
     cur = await conn.execute(
         "SELECT id FROM events WHERE project_id = %s AND idempotency_key = %s",
         (project_id, event.idempotency_key),
@@ -194,6 +194,7 @@ async def track_batch(
         elif ev.idempotency_key not in first_by_key:
             first_by_key[ev.idempotency_key] = ev
             unique.append(ev)
+    queued = False
     async with conn.transaction():
         cur = await conn.execute(
             _INSERT_BATCH,
@@ -221,13 +222,14 @@ async def track_batch(
                 _UPSERT_BATCH_USERS,
                 {"project_id": project_id, "now": now, **_user_aggregates(inserted)},
             )
-            await conn.execute(_OUTBOX_BATCH, {
+            cur = await conn.execute(_OUTBOX_BATCH, {
                 "project_id": project_id, "ids": [e.id for e in inserted],
                 "users": [e.user_id for e in inserted],
                 "names": [e.event_name for e in inserted],
                 "props": [_dumps(e.properties) for e in inserted],
                 "ts": [e.timestamp for e in inserted],
             })
+            queued = bool((await cur.fetchone() or (False,))[0])
     ids: list[str] = []
     for ev in events:
         if ev.id in inserted_ids:
@@ -236,7 +238,8 @@ async def track_batch(
             key = ev.idempotency_key
             assert key is not None
             ids.append(existing.get(key) or first_by_key[key].id)
-    return BatchResult(ids=ids, accepted=len(inserted), duplicates=len(events) - len(inserted))
+    return BatchResult(ids=ids, accepted=len(inserted), duplicates=len(events) - len(inserted),
+                       queued=queued)
 
 
 # --- reads (ORM; not the hot path) ---

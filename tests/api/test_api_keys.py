@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
-from tests.support import Tenant, assert_error, signup
+from core.settings import Settings
+from tests.support import Tenant, assert_error, serve_api, signup
 
 BASE62 = re.compile(r"^[0-9A-Za-z]+$")
 
@@ -248,3 +250,20 @@ def test_keys_of_one_project_see_one_project(tenant: Tenant) -> None:
         listed = c.get("/events", params={"userId": "via-pk"}).json()
         assert [e["id"] for e in listed["events"]] == [event_id]
         assert c.get(f"/events/{event_id}").status_code == 200
+
+
+def test_revocation_reaches_every_api_process(tenant: Tenant, settings: Settings) -> None:
+    """Each API process caches valid keys; a revocation made through one process empties
+    the others' caches by NOTIFY, so they refuse the key too (within milliseconds)."""
+    created = _create(tenant, "public", "used on two servers")
+    with serve_api(settings) as other_base, httpx.Client(
+        base_url=other_base + "/api/v1", headers={"x-api-key": created["key"]}, timeout=30,
+    ) as elsewhere:
+        track = {"userId": "u", "eventName": "e"}
+        for _ in range(3):  # looked up once, then served from that process's cache
+            assert elsewhere.post("/events", json=track).status_code == 202
+        assert _revoke(tenant, created["id"]).status_code == 200
+        deadline = time.monotonic() + 2
+        while (status := elsewhere.post("/events", json=track).status_code) != 401:
+            assert status == 202 and time.monotonic() < deadline, "still accepted after 2 s"
+            time.sleep(0.01)

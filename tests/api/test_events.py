@@ -218,3 +218,29 @@ def test_bearer_header_tracks_too(tenant: Tenant) -> None:
     with httpx.Client(base_url=tenant.base + "/api/v1",
                       headers={"Authorization": f"Bearer {tenant.public_key}"}) as client:
         assert client.post("/events", json={"userId": "u", "eventName": "e"}).status_code == 202
+
+
+def test_watched_events_wake_the_dispatcher_after_commit(
+    tenant: Tenant, db: psycopg.Connection,
+) -> None:
+    """Events an automation watches NOTIFY the worker's dispatcher (after they commit, a
+    few pokes coalesced into one); other events do not."""
+    tenant.sk.post("/automations", json={
+        "name": "Watcher", "triggerType": "EVENT", "triggerEvent": "watched", "active": True,
+        "steps": [{"type": "WAIT", "delay": 3600}],
+    }).raise_for_status()
+    db.execute("LISTEN retenshun_outbox")
+
+    def wakes(within: float) -> int:
+        return sum(1 for _ in db.notifies(timeout=within))
+
+    wakes(0.5)  # drain wake-ups from other tests' events
+    tenant.pk.post("/events", json={"userId": "w1", "eventName": "unwatched"}).raise_for_status()
+    assert wakes(0.5) == 0
+    for i in range(5):
+        tenant.pk.post("/events", json={"userId": f"w{i}", "eventName": "watched"}
+                       ).raise_for_status()
+    assert 1 <= wakes(1.0) <= 5
+    tenant.pk.post("/events/batch", json={"events": [{"userId": "w9", "eventName": "watched"}]}
+                   ).raise_for_status()
+    assert wakes(1.0) >= 1
