@@ -3,6 +3,8 @@ JSON document with the project's SecretBox and are never returned."""
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -72,6 +74,39 @@ def _dev_default(smtp_catcher: str | None) -> dict[str, Any]:
             "smtpFromEmail": DEV_FROM_EMAIL, "smtpStartTls": False}
 
 
+# Decrypted secret documents, per SecretBox, keyed by the stored token itself: a token
+# always decrypts to the same plaintext, so an entry never goes stale (a PUT/PATCH writes
+# a new token), and the send path skips Fernet + JSON for every message of a project.
+_DECRYPTED: weakref.WeakKeyDictionary[SecretBox, OrderedDict[str, dict[str, Any]]] = (
+    weakref.WeakKeyDictionary())
+DECRYPTED_CACHE_SIZE = 1024
+
+
+def decrypt_secrets(secrets: SecretBox, token: str) -> dict[str, Any]:
+    """The secret settings stored as `token` (memoised per SecretBox; a copy each call)."""
+    memo = _DECRYPTED.setdefault(secrets, OrderedDict())
+    values = memo.get(token)
+    if values is None:
+        values = orjson.loads(secrets.decrypt(token))
+        memo[token] = values
+        if len(memo) > DECRYPTED_CACHE_SIZE:
+            memo.popitem(last=False)
+    else:
+        memo.move_to_end(token)
+    return dict(values)
+
+
+def resolve(settings: dict[str, Any] | None, secrets_enc: str | None, secrets: SecretBox,
+            *, row_exists: bool, smtp_catcher: str | None = None) -> ResolvedChannels:
+    """ResolvedChannels from a channel_configs row's columns (or its absence)."""
+    if not row_exists:
+        return ResolvedChannels(_dev_default(smtp_catcher))
+    values = dict(settings or {})
+    if secrets_enc:
+        values.update(decrypt_secrets(secrets, secrets_enc))
+    return ResolvedChannels(values)
+
+
 async def load(db: AsyncSession, secrets: SecretBox, project_id: str,
                smtp_catcher: str | None = None) -> ResolvedChannels:
     """The project's settings with secrets decrypted. A project that never configured
@@ -79,10 +114,7 @@ async def load(db: AsyncSession, secrets: SecretBox, project_id: str,
     row = await db.get(ChannelConfig, project_id)
     if row is None:
         return ResolvedChannels(_dev_default(smtp_catcher))
-    values = dict(row.settings)
-    if row.secrets_enc:
-        values.update(orjson.loads(secrets.decrypt(row.secrets_enc)))
-    return ResolvedChannels(values)
+    return resolve(row.settings, row.secrets_enc, secrets, row_exists=True)
 
 
 async def update(db: AsyncSession, secrets: SecretBox, project_id: str,

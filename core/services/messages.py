@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
+from psycopg.rows import dict_row
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,6 +24,9 @@ from core.rendering import build_context, render_message
 # Contract statuses; `sending` (claimed by a send attempt) reads as `queued`.
 PUBLIC_STATUS = {"sending": "queued"}
 FINAL = frozenset({"sent", "delivered", "opened", "clicked", "bounced", "failed", "suppressed"})
+# NOTIFY channel: the send activity announces each final outcome of an API message here
+# (payload: the message id); POST /messages listens instead of polling Temporal.
+OUTCOME_CHANNEL = "retenshun_message_outcome"
 
 
 def public_status(status: str) -> str:
@@ -61,16 +66,73 @@ async def load_template(db: AsyncSession, project_id: str, template_id: str,
 
 def address_for(channel: str, user: EndUser) -> str | None:
     """The address a channel needs from the profile (email, or the `phone` property)."""
+    return _address(channel, user.id, user.email, user.properties)
+
+
+def _address(channel: str, user_id: str, email: str | None,
+             properties: dict[str, Any] | None) -> str | None:
     if channel == "EMAIL":
-        if not user.email:
-            raise BadRequest(f"User {user.id!r} has no email address: set it with /identify")
-        return user.email
+        if not email:
+            raise BadRequest(f"User {user_id!r} has no email address: set it with /identify")
+        return email
     if channel == "SMS":
-        phone = (user.properties or {}).get("phone")
+        phone = (properties or {}).get("phone")
         if not phone:
-            raise BadRequest(f"User {user.id!r} has no `phone` property for SMS")
+            raise BadRequest(f"User {user_id!r} has no `phone` property for SMS")
         return str(phone)
     return None
+
+
+# What POST /messages answers (MessageOut's fields), as stored.
+API_MESSAGE_COLUMNS = ("id, user_id, channel, subject, body, status, transactional, "
+                       "template_id, source, error, created_at, sent_at, updated_at")
+
+
+async def insert_api_message(conn: psycopg.AsyncConnection[Any], project_id: str,
+                             req: MessageRequest) -> dict[str, Any]:
+    """POST /messages' hot path on a raw autocommit connection: the user and the
+    project's name in one statement, the template if any, render, then one INSERT that
+    returns the stored row (a fresh id is its own send key, so no key check is needed).
+    Same checks, order and errors as create_api_message."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        "SELECT u.email, u.properties, p.name AS company FROM users u "
+        "JOIN projects p ON p.id = u.project_id WHERE u.project_id = %s AND u.id = %s",
+        (project_id, req.user_id))
+    user = await cur.fetchone()
+    if user is None:
+        raise NotFound(f"No user {req.user_id!r} in this project: identify them first")
+    subject, body, channel = req.subject, req.body, req.channel
+    if req.template_id:
+        await cur.execute("SELECT channel, subject, body FROM templates "
+                          "WHERE project_id = %s AND id = %s", (project_id, req.template_id))
+        template = await cur.fetchone()
+        if template is None:
+            raise NotFound(f"No template {req.template_id} in this project")
+        if template["channel"] != channel:
+            raise BadRequest(f"Template {req.template_id} is for {template['channel']}, "
+                             f"not {channel}")
+        subject, body = template["subject"], template["body"]
+    if body is None:
+        raise BadRequest("A message needs a body or a templateId")
+    if channel == "EMAIL" and not subject:
+        raise BadRequest("An EMAIL needs a subject (or a template with one)")
+    context = build_context(
+        user={"id": req.user_id, "email": user["email"], "properties": user["properties"]},
+        company=user["company"] or "", event=None, data=req.data)
+    rendered_subject, rendered_body = render_message(channel, subject, body, context)
+    to_address = _address(channel, req.user_id, user["email"], user["properties"])
+    message_id = new_id("msg")
+    await cur.execute(
+        "INSERT INTO messages (id, project_id, user_id, channel, subject, body, status, "
+        "transactional, template_id, source, send_key, to_address) "
+        "VALUES (%s, %s, %s, %s, %s, %s, 'queued', %s, %s, 'api', %s, %s) "
+        f"RETURNING {API_MESSAGE_COLUMNS}",
+        (message_id, project_id, req.user_id, channel, rendered_subject, rendered_body,
+         req.transactional, req.template_id, message_id, to_address))
+    row = await cur.fetchone()
+    assert row is not None
+    return row
 
 
 async def create_api_message(db: AsyncSession, project_id: str, req: MessageRequest) -> Message:

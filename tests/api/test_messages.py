@@ -235,3 +235,26 @@ def test_secrets_never_leave_in_responses_or_logs(mailer: Tenant, db: psycopg.Co
     assert all(SMTP_PASSWORD not in r.getMessage() for r in caplog.records)
     sent = mailer.sk.get("/messages").json()["messages"][0]
     assert sent["status"] == "sent"  # the password still worked after the PATCH
+
+
+async def test_outcome_listener_wakes_the_waiting_post(settings: Any,
+                                                       db: psycopg.Connection) -> None:
+    """POST /messages waits on PostgreSQL (LISTEN/NOTIFY from the send activity), not on
+    Temporal's result long-poll; unknown ids and discarded waiters are ignored."""
+    import asyncio
+
+    from api.messages import OutcomeListener
+    from core.services.messages import OUTCOME_CHANNEL
+
+    listener = OutcomeListener(settings.database_url)
+    waiting = await listener.register("msg_waiting")
+    other = await listener.register("msg_other")
+    assert waiting is not None and other is not None
+    listener.discard("msg_other")
+    db.execute("SELECT pg_notify(%s, 'msg_unknown'), pg_notify(%s, 'msg_waiting'), "
+               "pg_notify(%s, 'msg_other')", (OUTCOME_CHANNEL,) * 3)
+    await asyncio.wait_for(waiting, 5)
+    await asyncio.sleep(0.1)
+    assert not other.done()
+    assert listener._task is not None
+    listener._task.cancel()

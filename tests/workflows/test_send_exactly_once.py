@@ -1,5 +1,7 @@
 """A send is exactly-once: the activity run twice, and a worker killed (SIGKILL) right
-after the provider accepted the mail, both leave one mail and a `sent` row."""
+after the provider accepted the mail, both leave one mail and a `sent` row. Also: saved
+SendMessageWorkflow histories (before and after `deliver` became a local activity) still
+replay, so sends in flight during an upgrade finish."""
 
 from __future__ import annotations
 
@@ -9,12 +11,14 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
 from temporalio.testing import ActivityEnvironment
+from temporalio.worker import Replayer
 
 from activities.messaging import DeliverInput, MessagingActivities
 from core.crypto import SecretBox
@@ -101,10 +105,65 @@ async def test_worker_killed_after_provider_accepted_sends_once(
         assert status == ("sending",)
         sink.victim = None
         procs.append(start_worker_process(settings, queue))
-        # Temporal retries the activity once its attempt times out (SEND preset: 30 s).
+        # The local activity's workflow task times out (10 s) and the new worker runs it
+        # again: it finds the claim and records `sent` without calling the provider.
         result = await asyncio.wait_for(handle.result(), timeout=120)
         assert result.status == "sent"
         await asyncio.sleep(0.5)
         assert len(sink.messages) == 1
     assert db.execute("SELECT status FROM messages WHERE id = %s",
                       (message_id,)).fetchone() == ("sent",)
+
+
+async def test_send_activity_records_suppression_and_config_changes(
+    tenant: Tenant, db: psycopg.Connection, activities: MessagingActivities,
+) -> None:
+    """The one-statement claim: a suppressed address is never claimed, and the cached
+    channel settings follow a PUT made after they were cached."""
+    with SmtpSink() as sink:
+        first = _configure_and_queue(tenant, sink, db)
+        env = ActivityEnvironment()
+        assert (await env.run(activities.deliver, DeliverInput(tenant.project_id, first))
+                ).status == "sent"
+        tenant.sk.put("/channels", json={"emailProvider": "POSTALYNK"})
+        second = _queue(tenant, db)
+        result = await env.run(activities.deliver, DeliverInput(tenant.project_id, second))
+        assert result.status == "failed" and "postalynkApiKey" in (result.error or "")
+        tenant.sk.put("/channels", json={"emailProvider": "SMTP"})
+        db.execute("INSERT INTO suppressions (project_id, address, reason) "
+                   "VALUES (%s, 'u@example.com', 'bounced')", (tenant.project_id,))
+        third = _queue(tenant, db)
+        result = await env.run(activities.deliver, DeliverInput(tenant.project_id, third))
+        assert result.status == "suppressed"
+        await asyncio.sleep(0.3)
+        assert len(sink.messages) == 1
+    rows = dict(db.execute("SELECT id, status FROM messages WHERE id = ANY(%s)",
+                           ([first, second, third],)).fetchall())
+    assert rows == {first: "sent", second: "failed", third: "suppressed"}
+
+
+def _queue(tenant: Tenant, db: psycopg.Connection) -> str:
+    message_id = f"msg_{uuid.uuid4().hex}"
+    db.execute(
+        "INSERT INTO messages (id, project_id, user_id, channel, subject, body, send_key, "
+        "to_address) VALUES (%s, %s, 'u', 'EMAIL', 'Again', '<p>x</p>', %s, "
+        "'u@example.com')", (message_id, tenant.project_id, message_id))
+    return message_id
+
+
+HISTORIES = Path(__file__).parent / "histories"
+
+
+@pytest.mark.parametrize("name", [
+    # a51d7dd and before: `deliver` (and `mark_failed`) as regular activities.
+    "send_message_regular_activity_sent", "send_message_regular_activity_gone",
+    # Since the `send-deliver-local-activity` patch: both as local activities.
+    "send_message_local_activity_sent", "send_message_local_activity_gone",
+])
+async def test_saved_send_histories_replay(name: str) -> None:
+    """Recorded with stub activities (a sent message; a deleted one, which marks the
+    message failed). A change to the workflow's commands that is not behind a new
+    `workflow.patched` fails here."""
+    history = WorkflowHistory.from_json(
+        f"msg_history_{name}", (HISTORIES / f"{name}.json").read_text())
+    await Replayer(workflows=[SendMessageWorkflow]).replay_workflow(history)
