@@ -1,7 +1,11 @@
 """Activities of automation enrollments: begin/finish the run's row, record progress,
-evaluate a BRANCH, and send a step's message exactly once (keyed by run and step)."""
+evaluate a BRANCH, and send a step's message exactly once (keyed by run and step).
 
-from __future__ import annotations
+Also the enrollment workflow's own input/signal/result types: the workflow imports this
+module through the sandbox (`imports_passed_through`), so these dataclasses are created
+once per process instead of once per run. No `from __future__ import annotations` here:
+the payload converter calls `get_type_hints` on every dataclass it converts, and string
+annotations would be evaluated each time."""
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +22,49 @@ from core.models import Automation, EndUser, Enrollment, Message
 from core.segments import user_matches
 from core.services import messages as message_service
 
+# --- the workflow's types (workflows/enrollment.py re-exports them) ---
+
+
+@dataclass
+class EventSignal:
+    event_id: str
+    event_name: str
+    properties: dict[str, Any] = field(default_factory=dict)
+    timestamp: str | None = None
+
+
+@dataclass
+class CancelSignal:
+    reason: str = "cancelled"
+
+
+@dataclass
+class EnrollmentInput:
+    project_id: str
+    automation_id: str
+    user_id: str
+    version: int
+    steps: list[dict[str, Any]]
+    exit_event: str | None = None
+    trigger: EventSignal | None = None  # None for SEGMENT_ENTRY
+
+
+@dataclass
+class EnrollmentResult:
+    status: str  # completed | exited | cancelled | skipped
+    step: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class EnrollmentState:
+    status: str
+    step: str | None
+    reason: str | None
+
+
+# --- activity inputs and results ---
+
 
 @dataclass
 class BeginInput:
@@ -28,6 +75,7 @@ class BeginInput:
     workflow_id: str
     version: int
     trigger_event_id: str | None = None
+    step: str | None = None  # the first step, recorded with the row (local `begin`)
 
 
 @dataclass
@@ -104,8 +152,9 @@ class AutomationActivities:
 
     @activity.defn(name="begin_enrollment")
     async def begin(self, input: BeginInput) -> BeginResult:
-        """Record the run (idempotent by its id). A run whose automation was made inactive
-        or deleted since the trigger does not start."""
+        """Record the run (idempotent by its id), with its first step when given. A run
+        whose automation was made inactive or deleted since the trigger does not start.
+        Runs as a local activity (and as a regular one in runs older than that)."""
         async with session_scope(self._sessions) as db:
             automation = await db.get(Automation, input.automation_id)
             if automation is None or automation.project_id != input.project_id:
@@ -124,6 +173,7 @@ class AutomationActivities:
                     automation_id=input.automation_id, user_id=input.user_id,
                     workflow_id=input.workflow_id, status="running",
                     automation_version=input.version, trigger_event_id=input.trigger_event_id,
+                    current_step=input.step,
                 ))
             return BeginResult(True)
 

@@ -1,11 +1,25 @@
 """The outbox dispatcher: turns rows that ingestion wrote (in the event's own transaction)
 into Temporal calls, so `POST /events` never waits on Temporal and no trigger is lost.
 
-Runs in every worker process. Rows are claimed with FOR UPDATE SKIP LOCKED (many
-dispatchers share the work), sent in concurrent batches, and deleted once Temporal has
-them; a failure backs the row off and keeps it. Calls are idempotent (deterministic
-workflow ids, events deduplicated by id inside the workflow), so a redelivery is
-harmless. LISTEN/NOTIFY wakes the loop at once; a short poll covers missed notifications.
+Runs in every worker process, as a pipeline:
+
+- **claim**: `UPDATE outbox SET available_at = now() + LEASE … WHERE id IN (SELECT …
+  FOR UPDATE SKIP LOCKED) RETURNING …`, committed at once. A claimed row is invisible to
+  every dispatcher (this one included) until its lease runs out, so many dispatchers
+  share the work, and the rows of a dispatcher that crashed come back after the lease.
+  Rows still being worked on have their lease extended.
+- **plan** (same short transaction as the claim): the automations of the batch's projects,
+  and ONE enrollments query for the rows whose event running enrollments may await
+  (exit events, WAIT_FOR_EVENT) and that no signal-with-start already reaches.
+- **call**: up to CONCURRENCY Temporal calls in flight at all times; claiming goes on
+  while calls run (up to MAX_OUTSTANDING rows claimed and not settled).
+- **settle**: rows whose calls all succeeded are deleted in small groups; a failed row is
+  kept and backed off (2 s … 60 s).
+
+Calls are idempotent (deterministic workflow ids `enroll:{automation}:{user}`, events
+deduplicated by id inside the workflow), so a row handled twice (lease expired under a
+slow call, crash between call and delete) is harmless. LISTEN/NOTIFY wakes the loop at
+once; a short idle poll (IDLE_POLL) covers missed or absent notifications.
 """
 
 from __future__ import annotations
@@ -13,13 +27,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import psycopg
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio.client import Client
 from temporalio.common import (
@@ -44,8 +59,14 @@ from workflows.enrollment import (
 
 log = logging.getLogger("retenshun.outbox")
 CHANNEL = "retenshun_outbox"
-BATCH = 200
-CONCURRENCY = 32
+BATCH = 200  # rows per claim at most
+CONCURRENCY = 32  # Temporal calls in flight
+MAX_OUTSTANDING = 128  # rows claimed and not settled yet; claim again below half of it
+LEASE = timedelta(seconds=30)  # a claimed row comes back after this unless settled/extended
+IDLE_POLL = 0.15  # seconds between polls of an empty outbox (NOTIFY wakes it sooner)
+SETTLE_EVERY = 0.05  # seconds between deletes of finished rows
+RPC_TIMEOUT = timedelta(seconds=10)  # one Temporal call; well inside the lease
+STOP_GRACE = 5.0  # on stop: seconds for calls in flight to finish before rows are released
 SA_PROJECT = SearchAttributeKey.for_keyword("projectId")
 SA_AUTOMATION = SearchAttributeKey.for_keyword("automationId")
 SA_USER = SearchAttributeKey.for_keyword("userId")
@@ -62,6 +83,21 @@ class Call:
     search: dict[str, str] | None = None
 
 
+@dataclass
+class Row:
+    """A claimed outbox row (plain values: no ORM object outlives the claim)."""
+
+    id: int
+    project_id: str
+    kind: str
+    payload: dict[str, Any]
+    attempts: int
+
+
+def _backoff(attempts: int) -> float:
+    return float(min(60, 2 ** min(attempts, 6)))
+
+
 class OutboxDispatcher:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], client: Client,
                  settings: Settings):
@@ -69,22 +105,161 @@ class OutboxDispatcher:
         self._client = client
         self._settings = settings
         self._gate = asyncio.Semaphore(CONCURRENCY)
+        self._inflight: dict[int, asyncio.Task[None]] = {}  # row id -> its calls
+        self._done: list[int] = []
+        self._failed: list[tuple[Row, str]] = []
+        self._room = asyncio.Event()
+        self._settle_now = asyncio.Event()
+
+    # --- the pipeline ---
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch until `stop` is set."""
         listener = await self._listen()
+        settler = asyncio.create_task(self._settle_loop(stop), name="outbox-settle")
         try:
             while not stop.is_set():
+                room = MAX_OUTSTANDING - len(self._inflight)
+                if room < MAX_OUTSTANDING // 2:
+                    self._room.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._room.wait(), IDLE_POLL)
+                    continue
+                limit = min(BATCH, room)
                 try:
-                    handled = await self.dispatch_once()
+                    claimed = await self._claim_and_launch(limit)
                 except Exception:
                     log.exception("outbox pass failed; retrying")
-                    handled = 0
-                if handled < BATCH:
+                    await self._pause(stop, 1.0)
+                    continue
+                if claimed < limit:
                     await self._wait(listener, stop)
         finally:
+            await self._drain(settler)
             if listener is not None:
                 await listener.close()
+
+    async def dispatch_once(self) -> int:
+        """Claim one batch, make its calls, settle its rows; returns the rows claimed.
+        (The loop in `run` overlaps these steps; this is the same work, one batch.)"""
+        claimed = await self._claim_and_launch(BATCH)
+        if self._inflight:
+            await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+        await self._settle()
+        return claimed
+
+    async def _claim_and_launch(self, limit: int) -> int:
+        async with session_scope(self._sessions) as db:
+            rows = await self._claim(db, limit)
+            if not rows:
+                return 0
+            plans = await self._plan(db, rows)
+        for row in rows:
+            task = asyncio.create_task(self._process(row, plans.get(row.id, [])))
+            self._inflight[row.id] = task
+        return len(rows)
+
+    async def _claim(self, db: AsyncSession, limit: int) -> list[Row]:
+        due = (select(OutboxEntry.id).where(OutboxEntry.available_at <= func.now())
+               .order_by(OutboxEntry.id).limit(limit).with_for_update(skip_locked=True))
+        result = await db.execute(
+            update(OutboxEntry).where(OutboxEntry.id.in_(due))
+            .values(available_at=func.now() + LEASE)
+            .returning(OutboxEntry.id, OutboxEntry.project_id, OutboxEntry.kind,
+                       OutboxEntry.payload, OutboxEntry.attempts)
+            .execution_options(synchronize_session=False))
+        rows = [Row(*r) for r in result]
+        rows.sort(key=lambda r: r.id)
+        return rows
+
+    async def _process(self, row: Row, calls: list[Call]) -> None:
+        try:
+            error = await self._run_calls(calls)
+        except Exception as exc:  # defensive: a planning bug must not lose the row
+            error = f"{type(exc).__name__}: {exc}"
+        if error is None:
+            self._done.append(row.id)
+        else:
+            self._failed.append((row, error))
+        if len(self._done) >= CONCURRENCY or error is not None:
+            self._settle_now.set()
+
+    async def _settle_loop(self, stop: asyncio.Event) -> None:
+        last_extend = time.monotonic()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settle_now.wait(), SETTLE_EVERY)
+            self._settle_now.clear()
+            try:
+                await self._settle()
+                if time.monotonic() - last_extend > LEASE.total_seconds() / 3:
+                    last_extend = time.monotonic()
+                    await self._extend_leases()
+            except Exception:
+                log.exception("settling outbox rows failed; retrying")
+                await self._pause(stop, 1.0)
+
+    async def _settle(self) -> None:
+        """Delete the rows whose calls succeeded, back off the failed ones."""
+        for task_id in [i for i, t in self._inflight.items() if t.done()]:
+            del self._inflight[task_id]
+        if len(self._inflight) < MAX_OUTSTANDING // 2:
+            self._room.set()
+        done, self._done = self._done, []
+        failed, self._failed = self._failed, []
+        if not done and not failed:
+            return
+        try:
+            async with session_scope(self._sessions) as db:
+                if done:
+                    await db.execute(delete(OutboxEntry).where(OutboxEntry.id.in_(done)))
+                for row, error in failed:
+                    attempts = row.attempts + 1
+                    await db.execute(
+                        update(OutboxEntry).where(OutboxEntry.id == row.id).values(
+                            attempts=attempts, last_error=error[:1000],
+                            available_at=func.now() + timedelta(seconds=_backoff(attempts)))
+                        .execution_options(synchronize_session=False))
+                    log.warning("outbox row %s failed (attempt %s): %s", row.id, attempts,
+                                error)
+        except BaseException:
+            self._done.extend(done)  # try again next time; the leases cover the meantime
+            self._failed.extend(failed)
+            raise
+
+    async def _extend_leases(self) -> None:
+        """Rows still being worked on keep their lease (a long multi-call cancel row)."""
+        pending = [i for i, t in self._inflight.items() if not t.done()]
+        if pending:
+            async with session_scope(self._sessions) as db:
+                await db.execute(update(OutboxEntry).where(OutboxEntry.id.in_(pending))
+                                 .values(available_at=func.now() + LEASE)
+                                 .execution_options(synchronize_session=False))
+
+    async def _drain(self, settler: asyncio.Task[None]) -> None:
+        """On stop: let calls in flight finish briefly, settle, release the rest."""
+        pending = [t for t in self._inflight.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=STOP_GRACE)
+        unfinished = [i for i, t in self._inflight.items() if not t.done()]
+        for task in self._inflight.values():
+            task.cancel()
+        settler.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await settler
+        with contextlib.suppress(Exception):
+            await self._settle()
+            if unfinished:  # available again at once, to any dispatcher
+                async with session_scope(self._sessions) as db:
+                    await db.execute(update(OutboxEntry).where(OutboxEntry.id.in_(unfinished))
+                                     .values(available_at=func.now())
+                                     .execution_options(synchronize_session=False))
+        self._inflight.clear()
+
+    @staticmethod
+    async def _pause(stop: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
 
     async def _listen(self) -> psycopg.AsyncConnection[Any] | None:
         try:
@@ -99,41 +274,15 @@ class OutboxDispatcher:
     async def _wait(self, listener: psycopg.AsyncConnection[Any] | None,
                     stop: asyncio.Event) -> None:
         if listener is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
+            await self._pause(stop, IDLE_POLL)
             return
         with contextlib.suppress(TimeoutError, psycopg.Error):
-            async for _ in listener.notifies(timeout=1.0, stop_after=1):
+            async for _ in listener.notifies(timeout=IDLE_POLL, stop_after=1):
                 break
 
-    async def dispatch_once(self) -> int:
-        """Claim a batch, make its calls, delete what Temporal accepted. Returns the count."""
-        async with session_scope(self._sessions) as db:
-            rows = list(await db.scalars(
-                select(OutboxEntry)
-                .where(OutboxEntry.available_at <= datetime.now(UTC))
-                .order_by(OutboxEntry.id).limit(BATCH)
-                .with_for_update(skip_locked=True)))
-            if not rows:
-                return 0
-            plans = await self._plan(db, rows)
-            results = await asyncio.gather(*(self._run_calls(calls) for calls in plans.values()))
-            done = [row_id for row_id, error in zip(plans, results, strict=True) if error is None]
-            failed = {row_id: error for row_id, error in zip(plans, results, strict=True)
-                      if error is not None}
-            if done:
-                await db.execute(delete(OutboxEntry).where(OutboxEntry.id.in_(done)))
-            for row in rows:
-                if row.id in failed:
-                    row.attempts += 1
-                    row.last_error = failed[row.id][:1000]
-                    row.available_at = datetime.now(UTC) + timedelta(
-                        seconds=min(60, 2 ** min(row.attempts, 6)))
-                    log.warning("outbox row %s failed (attempt %s): %s", row.id, row.attempts,
-                                failed[row.id])
-            return len(rows)
+    # --- planning: outbox rows -> Temporal calls ---
 
-    async def _plan(self, db: AsyncSession, rows: list[OutboxEntry]) -> dict[int, list[Call]]:
+    async def _plan(self, db: AsyncSession, rows: list[Row]) -> dict[int, list[Call]]:
         projects = {row.project_id for row in rows}
         automations = list(await db.scalars(
             select(Automation).where(Automation.project_id.in_(projects))))
@@ -141,9 +290,14 @@ class OutboxDispatcher:
         for automation in automations:
             by_project[automation.project_id].append(automation)
         plans: dict[int, list[Call]] = {}
+        # (row id) -> automations whose running enrollments of that row's user must be
+        # looked up: they watch the event and no signal-with-start reaches their run.
+        lookups: dict[int, list[str]] = {}
         for row in rows:
             if row.kind == "event":
-                plans[row.id] = await self._plan_event(db, row, by_project[row.project_id])
+                plans[row.id], lookup = self._plan_event(row, by_project[row.project_id])
+                if lookup:
+                    lookups[row.id] = lookup
             elif row.kind == "segment_entry":
                 plans[row.id] = self._plan_segment_entry(row, by_project[row.project_id])
             elif row.kind == "cancel":
@@ -152,14 +306,47 @@ class OutboxDispatcher:
             else:
                 log.error("outbox row %s has unknown kind %r: dropped", row.id, row.kind)
                 plans[row.id] = []
+        if lookups:
+            await self._route_to_running(db, rows, plans, lookups)
         return plans
 
-    async def _plan_event(self, db: AsyncSession, row: OutboxEntry,
-                          automations: list[Automation]) -> list[Call]:
+    async def _route_to_running(self, db: AsyncSession, rows: list[Row],
+                                plans: dict[int, list[Call]],
+                                lookups: dict[int, list[str]]) -> None:
+        """One query for the whole batch: the running enrollments of the rows' users in the
+        automations that watch their events; each gets the event as a signal."""
+        by_id = {row.id: row for row in rows}
+        users = sorted({by_id[rid].payload["userId"] for rid in lookups})
+        autos = sorted({a for wanted in lookups.values() for a in wanted})
+        running: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+        result = await db.execute(
+            select(Enrollment.project_id, Enrollment.user_id, Enrollment.automation_id,
+                   Enrollment.workflow_id)
+            .where(Enrollment.status == "running",
+                   Enrollment.user_id.in_(users), Enrollment.automation_id.in_(autos)))
+        for project_id, user_id, automation_id, workflow_id in result:
+            running[(project_id, user_id, automation_id)].append(workflow_id)
+        for rid, wanted in lookups.items():
+            row = by_id[rid]
+            signal = _event_signal(row.payload)
+            calls = {c.workflow_id for c in plans[rid]}
+            for automation_id in wanted:
+                for workflow_id in running.get(
+                        (row.project_id, row.payload["userId"], automation_id), []):
+                    if workflow_id not in calls:
+                        calls.add(workflow_id)
+                        plans[rid].append(Call("signal", workflow_id, signal))
+
+    def _plan_event(self, row: Row, automations: list[Automation],
+                    ) -> tuple[list[Call], list[str]]:
+        """The row's signal-with-start calls, and the automations whose running
+        enrollments need a lookup (they watch this event, as an exit event or a
+        WAIT_FOR_EVENT of some version, and this event starts nothing there: a
+        signal-with-start already delivers the event to a running run)."""
         p = row.payload
-        signal = EventSignal(event_id=p["eventId"], event_name=p["eventName"],
-                             properties=p.get("properties") or {}, timestamp=p.get("timestamp"))
+        signal = _event_signal(p)
         calls: dict[str, Call] = {}
+        started: set[str] = set()
         for automation in automations:
             if not (automation.active and automation.trigger_type == "EVENT"
                     and automation.trigger_event == signal.event_name):
@@ -169,17 +356,12 @@ class OutboxDispatcher:
                 continue
             call = self._start_call(automation, p["userId"], signal)
             calls[call.workflow_id] = call
-        # Running enrollments that watch this event (exit events, WAIT_FOR_EVENT).
-        watching = [a.id for a in automations if signal.event_name in (a.watch_events or [])]
-        if watching:
-            running = await db.scalars(select(Enrollment.workflow_id).where(
-                Enrollment.project_id == row.project_id, Enrollment.user_id == p["userId"],
-                Enrollment.status == "running", Enrollment.automation_id.in_(watching)))
-            for workflow_id in running:
-                calls.setdefault(workflow_id, Call("signal", workflow_id, signal))
-        return list(calls.values())
+            started.add(automation.id)
+        lookup = [a.id for a in automations
+                  if a.id not in started and signal.event_name in (a.watch_events or [])]
+        return list(calls.values()), lookup
 
-    def _plan_segment_entry(self, row: OutboxEntry, automations: list[Automation]) -> list[Call]:
+    def _plan_segment_entry(self, row: Row, automations: list[Automation]) -> list[Call]:
         user_id = row.payload["userId"]
         return [
             self._start_call(a, user_id, None) for a in automations
@@ -202,14 +384,21 @@ class OutboxDispatcher:
                     "userId": user_id},
         )
 
+    # --- Temporal calls ---
+
     async def _run_calls(self, calls: list[Call]) -> str | None:
         """None when every call succeeded, else the first error."""
-        for call in calls:
-            try:
-                async with self._gate:
-                    await self._call(call)
-            except Exception as exc:
-                return f"{call.kind} {call.workflow_id}: {exc}"
+        if len(calls) == 1:
+            return await self._one(calls[0])
+        errors = await asyncio.gather(*(self._one(call) for call in calls))
+        return next((e for e in errors if e is not None), None)
+
+    async def _one(self, call: Call) -> str | None:
+        try:
+            async with self._gate:
+                await self._call(call)
+        except Exception as exc:
+            return f"{call.kind} {call.workflow_id}: {exc}"
         return None
 
     async def _call(self, call: Call) -> None:
@@ -227,16 +416,22 @@ class OutboxDispatcher:
                 task_queue=self._settings.temporal_task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
                 start_signal="event", start_signal_args=[start_signal],
-                memo=call.memo, search_attributes=search,
+                memo=call.memo, search_attributes=search, rpc_timeout=RPC_TIMEOUT,
             )
             return
         handle = self._client.get_workflow_handle(call.workflow_id)
         try:
             if call.kind == "signal":
-                await handle.signal(AutomationEnrollmentWorkflow.event, call.args)
+                await handle.signal(AutomationEnrollmentWorkflow.event, call.args,
+                                    rpc_timeout=RPC_TIMEOUT)
             else:
-                await handle.signal(AutomationEnrollmentWorkflow.cancel, CancelSignal(call.args))
+                await handle.signal(AutomationEnrollmentWorkflow.cancel, CancelSignal(call.args),
+                                    rpc_timeout=RPC_TIMEOUT)
         except RPCError as exc:
             if exc.status != RPCStatusCode.NOT_FOUND:  # the run ended meanwhile: fine
                 raise
 
+
+def _event_signal(p: dict[str, Any]) -> EventSignal:
+    return EventSignal(event_id=p["eventId"], event_name=p["eventName"],
+                       properties=p.get("properties") or {}, timestamp=p.get("timestamp"))

@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from tests.activities.fakes import SmtpSink
 from tests.support import Tenant, assert_error
@@ -179,3 +180,58 @@ def test_edits_bump_the_version_and_lists_page(shop: Tenant) -> None:
     assert listed["total"] == 1 and listed["automations"][0]["id"] == created["id"]
     assert_error(shop.pk.get("/automations"), 403)
     assert_error(shop.sk.get("/automations/auto_missing/runs"), 404)
+
+
+def test_one_event_starts_one_automation_and_wakes_another_waiting_for_it(
+        shop: Tenant, sink: SmtpSink) -> None:
+    """The dispatcher's routing: signal-with-start for the automation the event triggers,
+    and (one enrollments query per batch) an `event` signal to the user's running
+    enrollments that await it."""
+    waiting = shop.sk.post("/automations", json={
+        "name": "Cart", "triggerType": "EVENT", "triggerEvent": "cart_abandoned",
+        "active": True, "steps": [{
+            "type": "WAIT_FOR_EVENT", "event": "checkout_completed", "timeout": 600,
+            "matchProperty": "cartId",
+            "then": [{"type": "SEND_EMAIL", "subject": "Thanks", "body": "<p>Paid</p>"}],
+            "else": [{"type": "SEND_EMAIL", "subject": "Forgot?", "body": "<p>Cart</p>"}]}],
+    }).json()
+    receipt = shop.sk.post("/automations", json={
+        "name": "Receipt", "triggerType": "EVENT", "triggerEvent": "checkout_completed",
+        "active": True,
+        "steps": [{"type": "SEND_EMAIL", "subject": "Receipt", "body": "<p>R</p>"}]}).json()
+    shop.pk.post("/events", json={"userId": "ann", "eventName": "cart_abandoned",
+                                   "properties": {"cartId": "c1"}})
+    _runs(shop, waiting["id"], 1, "running")
+    shop.pk.post("/events", json={"userId": "ann", "eventName": "checkout_completed",
+                                   "properties": {"cartId": "c1"}})
+    _runs(shop, waiting["id"], 1, "completed")
+    _runs(shop, receipt["id"], 1, "completed")
+    mails = sink.wait_for_blocking(2, timeout=30)
+    assert sorted(m.message["Subject"] for m in mails) == ["Receipt", "Thanks"]
+
+
+def test_a_row_leased_by_a_crashed_dispatcher_comes_back_and_enrolls_once(
+        shop: Tenant, db: psycopg.Connection) -> None:
+    """A dispatcher that died after claiming rows leaves them with `available_at` in the
+    future (its lease): nobody takes them before, any dispatcher takes them after, and a
+    redelivered trigger does not start a second run."""
+    automation = shop.sk.post("/automations", json={
+        "name": "Lease", "triggerType": "EVENT", "triggerEvent": "leased", "active": True,
+        "steps": [{"type": "WAIT", "delay": 3600},
+                  {"type": "SEND_EMAIL", "subject": "Later", "body": "<p>x</p>"}]}).json()
+    payload = Jsonb({"eventId": "evt_leased", "userId": "ann", "eventName": "leased",
+                     "properties": {}, "timestamp": "2026-11-26T00:00:00+00:00"})
+    for lease in (2, 3):  # the same trigger twice, as after a crash between call and delete
+        db.execute("INSERT INTO outbox (project_id, kind, payload, available_at) "
+                   "VALUES (%s, 'event', %s, now() + make_interval(secs => %s))",
+                   (shop.project_id, payload, lease))
+    time.sleep(1.2)
+    assert shop.sk.get(f"/automations/{automation['id']}/runs").json()["runs"] == []
+    _runs(shop, automation["id"], 1, "running", timeout=30)
+    deadline = time.monotonic() + 30
+    while db.execute("SELECT count(*) FROM outbox WHERE project_id = %s",
+                     (shop.project_id,)).fetchone() != (0,):
+        assert time.monotonic() < deadline, "outbox rows left"
+        time.sleep(0.2)
+    runs = shop.sk.get(f"/automations/{automation['id']}/runs").json()["runs"]
+    assert [r["status"] for r in runs] == ["running"]

@@ -4,9 +4,15 @@ A change to the workflow that would break enrollments already running (they may 
 days) makes this fail in CI. To change the workflow's commands safely, put the new code
 behind `if workflow.patched("<change-id>"):` and keep the old path; see docs/automations.md.
 
-To record a new history (after a deliberate, patched change), run
-`RETENSHUN_RECORD_HISTORIES=1 scripts/test tests/workflows/test_enrollment_replay.py`
-and commit the JSON it writes.
+To record a new history (after a deliberate, patched change), point RECORDED at a new
+file, run `RETENSHUN_RECORD_HISTORIES=1 scripts/test tests/workflows/test_enrollment_replay.py`
+and commit the JSON it writes beside the old ones (they are the runs still in flight).
+
+Saved histories:
+- enrollment_multi_step.json: before the `local-begin-and-finish` patch (begin and
+  finish as regular activities, the first step recorded by its own local activity).
+- enrollment_local_begin.json: with it (begin, which records the first step, and finish
+  as local activities), recorded 2026-11-27 with the command above.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from tests.workflows.conftest import QUEUE, Env
 from workflows.enrollment import AutomationEnrollmentWorkflow, EnrollmentInput, EventSignal
 
 HISTORIES = Path(__file__).parent / "histories"
-RECORDED = HISTORIES / "enrollment_multi_step.json"
+RECORDED = HISTORIES / "enrollment_local_begin.json"  # what today's code issues
+BEFORE_LOCAL_BEGIN = HISTORIES / "enrollment_multi_step.json"
 
 # Every kind of step, so every command the workflow can issue is in the saved history.
 STEPS = [
@@ -95,16 +102,29 @@ def _commands(history: dict[str, Any]) -> list[str]:
 
 
 def _saved() -> list[Path]:
-    return sorted(HISTORIES.glob("*.json"))
+    return sorted(HISTORIES.glob("enrollment_*.json"))  # other workflows keep theirs here too
 
 
-def test_a_multi_step_history_is_saved() -> None:
-    assert RECORDED in _saved(), "record it: see this module's docstring"
-    events = json.loads(RECORDED.read_text())["events"]
+@pytest.mark.parametrize("path", [RECORDED, BEFORE_LOCAL_BEGIN], ids=lambda p: p.stem)
+def test_a_multi_step_history_is_saved(path: Path) -> None:
+    assert path in _saved(), "record it: see this module's docstring"
+    events = json.loads(path.read_text())["events"]
     kinds = {e["eventType"] for e in events}
     # The saved run exercised timers, activities, local activities and signals.
     assert {"EVENT_TYPE_TIMER_FIRED", "EVENT_TYPE_ACTIVITY_TASK_COMPLETED",
             "EVENT_TYPE_MARKER_RECORDED", "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED"} <= kinds
+
+
+def test_old_runs_keep_the_old_commands_and_new_runs_take_the_patch() -> None:
+    """The patch changed the commands: the old history has `begin_enrollment` and
+    `finish_enrollment` as activity tasks, the new one has neither (local activities)."""
+    old = _commands(json.loads(BEFORE_LOCAL_BEGIN.read_text()))
+    new = _commands(json.loads(RECORDED.read_text()))
+    assert "ACTIVITY_TASK_SCHEDULED:begin_enrollment" in old
+    assert "ACTIVITY_TASK_SCHEDULED:finish_enrollment" in old
+    assert not any(c.endswith(("begin_enrollment", "finish_enrollment")) for c in new)
+    assert len(new) > 0 and new.count("ACTIVITY_TASK_SCHEDULED:send_automation_step") == \
+        old.count("ACTIVITY_TASK_SCHEDULED:send_automation_step")
 
 
 @pytest.mark.parametrize("path", _saved(), ids=lambda p: p.stem)
