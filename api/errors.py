@@ -7,6 +7,7 @@ import logging
 from http import HTTPStatus
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -82,10 +83,26 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+        if _is_nul_character(exc):
+            return error_response(400, "Text may not contain the NUL character (\\u0000)")
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return internal_error_response()
 
     _document_errors(app)
+
+
+def _is_nul_character(exc: BaseException | None) -> bool:
+    """PostgreSQL text and jsonb cannot hold U+0000: psycopg refuses such a parameter and
+    the server such a JSON escape. Any write path may meet one in user input; it is the
+    caller's error, not ours. (Ingestion checks first and names the field.)"""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, psycopg.errors.UntranslatableCharacter) or (
+                isinstance(exc, psycopg.DataError) and "NUL" in str(exc)):
+            return True
+        exc = getattr(exc, "orig", None) or exc.__cause__
+        seen += 1
+    return False
 
 
 def internal_error_response() -> JSONResponse:

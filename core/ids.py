@@ -1,5 +1,6 @@
-"""Server-made ids: a type prefix and 128 random bits, URL-safe."""
+"""Server-made ids: a type prefix and 22 random base62 characters (~130 bits), URL-safe."""
 
+import os
 import secrets
 
 PREFIXES = frozenset(
@@ -16,10 +17,16 @@ def _base62(n: int) -> str:
     return "".join(reversed(out)) or "0"
 
 
+# Each random byte picks a character (byte % 62): ids are made for every ingested event,
+# and this is ~20x cheaper than base62 of a 128-bit integer. The slight bias toward the
+# first 8 characters leaves ~130 bits of entropy; ids are unique names, not secrets.
+_BYTE_TO_CHAR = bytes(ord(_ALPHABET[b % 62]) for b in range(256))
+
+
 def new_id(prefix: str) -> str:
     if prefix not in PREFIXES:
         raise ValueError(f"unknown id prefix {prefix!r}")
-    return f"{prefix}_{_base62(secrets.randbits(128)).rjust(22, '0')}"
+    return f"{prefix}_{os.urandom(22).translate(_BYTE_TO_CHAR).decode()}"
 
 
 def random_token(nbytes: int = 32) -> str:

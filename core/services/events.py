@@ -1,16 +1,16 @@
 """Event ingestion (the hot path) and event reads.
 
 Ingestion runs on a bare psycopg connection, not the ORM: one statement writes the
-event and upserts its user (first/last seen, counts, sessions) and a batch is two
-statements, whatever its size. See bench/ingest.py for what this buys.
+event and upserts its user (first/last seen, counts, sessions), and so does one
+statement for a whole batch (plus a lookup of the first ids when idempotency keys
+repeat earlier events). See bench/ingest.py for what this buys.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections import defaultdict
+import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -18,11 +18,9 @@ from psycopg import AsyncConnection
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.errors import NotFound
+from core.errors import BadRequest, NotFound
 from core.ids import new_id
 from core.models import EndUser, Event
-
-SESSION_GAP = timedelta(minutes=30)
 
 
 @dataclass(slots=True)
@@ -101,52 +99,82 @@ SELECT id, EXISTS (SELECT FROM ob) FROM ev
 """
 )
 
-_OUTBOX_BATCH = """
-WITH ob AS (
-    INSERT INTO outbox (project_id, kind, payload)
-    SELECT %(project_id)s::text, 'event', jsonb_build_object(
-        'eventId', i, 'userId', u, 'eventName', n, 'properties', p::jsonb, 'timestamp', t)
-    FROM unnest(%(ids)s::text[], %(users)s::text[], %(names)s::text[], %(props)s::text[],
-                %(ts)s::timestamptz[]) AS x(i, u, n, p, t)
-    WHERE n = ANY(ARRAY(SELECT DISTINCT unnest(a.watch_events) FROM automations a
-                        WHERE a.project_id = %(project_id)s::text))
-    RETURNING id
-)
-SELECT EXISTS (SELECT FROM ob)
-"""
-
-_INSERT_BATCH = """
-INSERT INTO events (id, project_id, user_id, event_name, properties, timestamp,
-                    received_at, idempotency_key)
-SELECT i, %(project_id)s, u, n, p::jsonb, t, %(now)s, k
-FROM unnest(%(ids)s::text[], %(users)s::text[], %(names)s::text[], %(props)s::text[],
-            %(ts)s::timestamptz[], %(keys)s::text[]) AS x(i, u, n, p, t, k)
-ON CONFLICT (project_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING id
-"""
-
-_UPSERT_BATCH_USERS = (
+# A whole batch in one statement, fed as one JSON document: psycopg dumps Python lists
+# as array literals in Python (escaping each item), which cost more than everything else
+# on this path; PostgreSQL parses the JSON in C. Per user, the upsert receives the first
+# and last time, the count and the sessions (1 + 30-minute gaps) of the events actually
+# inserted (repeats of an idempotency key are not).
+_TRACK_BATCH = (
     """
-INSERT INTO users AS u (project_id, id, first_seen, last_seen, last_event_at,
-                        event_count, session_count, updated_at)
-SELECT %(project_id)s, uid, f, l, l, c, s, %(now)s
-FROM unnest(%(uids)s::text[], %(firsts)s::timestamptz[], %(lasts)s::timestamptz[],
-            %(counts)s::int[], %(sessions)s::int[]) AS x(uid, f, l, c, s)
-ORDER BY uid
+WITH x AS (
+    SELECT * FROM json_to_recordset(%(rows)s::json)
+        AS x(i text, u text, n text, p jsonb, t timestamptz, k text)
+), ins AS (
+    INSERT INTO events (id, project_id, user_id, event_name, properties, timestamp,
+                        received_at, idempotency_key)
+    SELECT i, %(project_id)s, u, n, p, t, %(now)s, k FROM x
+    ON CONFLICT (project_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id, user_id, event_name, properties, timestamp
+), gaps AS (
+    SELECT user_id, timestamp,
+           CASE WHEN timestamp - lag(timestamp) OVER (PARTITION BY user_id ORDER BY timestamp)
+                     >= interval '30 minutes' THEN 1 ELSE 0 END AS gap
+    FROM ins
+), up AS (
+    INSERT INTO users AS u (project_id, id, first_seen, last_seen, last_event_at,
+                            event_count, session_count, updated_at)
+    SELECT %(project_id)s, user_id, min(timestamp), max(timestamp), max(timestamp),
+           count(*), 1 + sum(gap), %(now)s
+    FROM gaps GROUP BY user_id
+    ORDER BY user_id
 """
     + _UPSERT_USERS_TAIL
+    + """
+), ob AS (
+    INSERT INTO outbox (project_id, kind, payload)
+    SELECT %(project_id)s, 'event', jsonb_build_object(
+        'eventId', id, 'userId', user_id, 'eventName', event_name,
+        'properties', properties, 'timestamp', timestamp)
+    FROM ins
+    WHERE event_name = ANY(ARRAY(SELECT DISTINCT unnest(a.watch_events) FROM automations a
+                                 WHERE a.project_id = %(project_id)s))
+    RETURNING id
+)
+SELECT id, EXISTS (SELECT FROM ob) FROM ins
+"""
 )
 
 
-def _dumps(value: dict[str, Any]) -> str:
+def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+# PostgreSQL text and jsonb cannot hold the NUL character. In JSON it is the escape
+# \u0000 preceded by an even number of backslashes (else it is a literal "\u0000").
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+_NUL_MESSAGE = "text may not contain the NUL character (\\u0000)"
+
+
+def _has_nul(json_text: str) -> bool:
+    return "\\u0000" in json_text and _NUL_ESCAPE.search(json_text) is not None
+
+
+def _check_no_nul(event: NewEvent, where: str) -> None:
+    if "\x00" in event.user_id + event.event_name + (event.idempotency_key or "") or _has_nul(
+        _dumps(event.properties)
+    ):
+        raise BadRequest(f"{where}: {_NUL_MESSAGE}")
 
 
 async def track(conn: AsyncConnection, project_id: str, event: NewEvent) -> TrackResult:
     now = datetime.now(UTC)
+    properties = _dumps(event.properties)
+    if _has_nul(properties) or "\x00" in event.user_id + event.event_name + (
+            event.idempotency_key or ""):
+        _check_no_nul(event, "event")
     params = {
         "id": event.id, "project_id": project_id, "user_id": event.user_id,
-        "event_name": event.event_name, "properties": _dumps(event.properties),
+        "event_name": event.event_name, "properties": properties,
         "ts": event.timestamp or now, "now": now, "key": event.idempotency_key,
     }
     cur = await conn.execute(_TRACK_ONE, params)
@@ -159,24 +187,6 @@ async def track(conn: AsyncConnection, project_id: str, event: NewEvent) -> Trac
     row = await cur.fetchone()
     assert row is not None, "a conflict on the idempotency key means the first event exists"
     return TrackResult(row[0], duplicate=True)
-
-
-def _user_aggregates(events: list[NewEvent]) -> dict[str, list[Any]]:
-    """Per user: first/last time, count, and sessions (1 + 30-minute gaps) in this batch."""
-    times: dict[str, list[datetime]] = defaultdict(list)
-    for ev in events:
-        assert ev.timestamp is not None
-        times[ev.user_id].append(ev.timestamp)
-    cols: dict[str, list[Any]] = {k: [] for k in ("uids", "firsts", "lasts", "counts", "sessions")}
-    for uid in sorted(times):
-        ts = sorted(times[uid])
-        gaps = sum(1 for a, b in itertools.pairwise(ts) if b - a >= SESSION_GAP)
-        cols["uids"].append(uid)
-        cols["firsts"].append(ts[0])
-        cols["lasts"].append(ts[-1])
-        cols["counts"].append(len(ts))
-        cols["sessions"].append(1 + gaps)
-    return cols
 
 
 async def track_batch(
@@ -194,42 +204,27 @@ async def track_batch(
         elif ev.idempotency_key not in first_by_key:
             first_by_key[ev.idempotency_key] = ev
             unique.append(ev)
+    rows = [{"i": e.id, "u": e.user_id, "n": e.event_name, "p": e.properties,
+             "t": e.timestamp, "k": e.idempotency_key} for e in unique]
+    doc = _dumps(rows)
+    if _has_nul(doc):
+        for i, ev in enumerate(events):
+            _check_no_nul(ev, f"events[{i}]")
+    cur = await conn.execute(_TRACK_BATCH, {"project_id": project_id, "now": now, "rows": doc})
+    inserted_ids: set[str] = set()
     queued = False
-    async with conn.transaction():
+    for event_id, watched in await cur.fetchall():
+        inserted_ids.add(event_id)
+        queued = queued or watched
+    existing: dict[str, str] = {}
+    stale_keys = [e.idempotency_key for e in unique if e.id not in inserted_ids]
+    if stale_keys:
         cur = await conn.execute(
-            _INSERT_BATCH,
-            {
-                "project_id": project_id, "now": now,
-                "ids": [e.id for e in unique], "users": [e.user_id for e in unique],
-                "names": [e.event_name for e in unique],
-                "props": [_dumps(e.properties) for e in unique],
-                "ts": [e.timestamp for e in unique], "keys": [e.idempotency_key for e in unique],
-            },
+            "SELECT idempotency_key, id FROM events "
+            "WHERE project_id = %s AND idempotency_key = ANY(%s)",
+            (project_id, stale_keys),
         )
-        inserted_ids = {row[0] for row in await cur.fetchall()}
-        inserted = [e for e in unique if e.id in inserted_ids]
-        existing: dict[str, str] = {}
-        stale_keys = [e.idempotency_key for e in unique if e.id not in inserted_ids]
-        if stale_keys:
-            cur = await conn.execute(
-                "SELECT idempotency_key, id FROM events "
-                "WHERE project_id = %s AND idempotency_key = ANY(%s)",
-                (project_id, stale_keys),
-            )
-            existing = {k: i for k, i in await cur.fetchall()}
-        if inserted:
-            await conn.execute(
-                _UPSERT_BATCH_USERS,
-                {"project_id": project_id, "now": now, **_user_aggregates(inserted)},
-            )
-            cur = await conn.execute(_OUTBOX_BATCH, {
-                "project_id": project_id, "ids": [e.id for e in inserted],
-                "users": [e.user_id for e in inserted],
-                "names": [e.event_name for e in inserted],
-                "props": [_dumps(e.properties) for e in inserted],
-                "ts": [e.timestamp for e in inserted],
-            })
-            queued = bool((await cur.fetchone() or (False,))[0])
+        existing = {k: i for k, i in await cur.fetchall()}
     ids: list[str] = []
     for ev in events:
         if ev.id in inserted_ids:
@@ -238,8 +233,8 @@ async def track_batch(
             key = ev.idempotency_key
             assert key is not None
             ids.append(existing.get(key) or first_by_key[key].id)
-    return BatchResult(ids=ids, accepted=len(inserted), duplicates=len(events) - len(inserted),
-                       queued=queued)
+    return BatchResult(ids=ids, accepted=len(inserted_ids),
+                       duplicates=len(events) - len(inserted_ids), queued=queued)
 
 
 # --- reads (ORM; not the hot path) ---

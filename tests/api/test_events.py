@@ -244,3 +244,24 @@ def test_watched_events_wake_the_dispatcher_after_commit(
     tenant.pk.post("/events/batch", json={"events": [{"userId": "w9", "eventName": "watched"}]}
                    ).raise_for_status()
     assert wakes(1.0) >= 1
+
+
+def test_nul_characters_are_refused_with_the_field(tenant: Tenant) -> None:
+    """PostgreSQL cannot store U+0000: a clear 400 naming the event, never a 500."""
+    body = assert_error(tenant.pk.post("/events", json={"userId": "u\u0000", "eventName": "x"}),
+                        400)
+    assert "NUL" in body["message"]
+    assert_error(tenant.pk.post("/events", json={"userId": "u", "eventName": "x",
+                                                  "properties": {"a": ["b\u0000"]}}), 400)
+    body = assert_error(tenant.pk.post("/events/batch", json={"events": [
+        {"userId": "u", "eventName": "x"},
+        {"userId": "u", "eventName": "x", "properties": {"k\u0000": 1}}]}), 400)
+    assert body["message"].startswith("events[1]:")
+    # A literal backslash-u0000 is ordinary text; nothing of the refused batch was stored.
+    ok = tenant.pk.post("/events/batch", json={"events": [
+        {"userId": "u", "eventName": "x", "properties": {"a": "\\u0000"}}]})
+    assert ok.status_code == 202 and ok.json()["accepted"] == 1
+    assert tenant.sk.get("/users/u").json()["eventCount"] == 1
+    got = tenant.sk.get(f"/events/{ok.json()['ids'][0]}").json()
+    assert got["properties"] == {"a": "\\u0000"}
+    assert_error(tenant.pk.post("/identify", json={"userId": "v", "email": "v\u0000@x.io"}), 400)
