@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from core.errors import BadRequest, NotFound
 from core.ids import new_id
 from core.models import EndUser, Event
+from core.services import reports
 
 
 @dataclass(slots=True)
@@ -280,6 +281,7 @@ async def get_event(db: AsyncSession, project_id: str, event_id: str) -> Event:
 
 async def delete_event(db: AsyncSession, project_id: str, event_id: str) -> None:
     event = await get_event(db, project_id, event_id)
+    await reports.invalidate(db, project_id, event.timestamp)  # its day was counted
     await db.execute(delete(Event).where(Event.id == event.id))
     await db.execute(
         update(EndUser)

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import NotFound
 from core.models import EndUser, Event, Message
+from core.services import reports
 
 ACTIVE_WINDOW = timedelta(days=30)
 UNSET: Any = object()
@@ -88,7 +89,10 @@ async def delete_user(db: AsyncSession, project_id: str, user_id: str) -> None:
     """Erase the profile, its events and messages, and stop its running enrollments."""
     from core.services.automations import cancel_runs, running_workflow_ids
 
-    await get_user(db, project_id, user_id)
+    user = await get_user(db, project_id, user_id)
+    # Rolled-up report days from the user's first trace on counted them: recompute those.
+    await reports.invalidate(db, project_id, min(
+        t for t in (user.first_seen, user.created_at) if t is not None))
     await cancel_runs(db, project_id, await running_workflow_ids(
         db, project_id, user_id=user_id), "user deleted")
     await db.execute(

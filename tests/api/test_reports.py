@@ -373,3 +373,27 @@ def test_openapi_documents_the_report(api_url: str, tenant: Tenant) -> None:
     props = schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]["properties"]
     assert {"range", "from", "events", "activeUsers", "messagesSent", "series"} <= set(props)
     assert json.dumps(get["responses"]).count("ErrorBody") >= 4
+
+
+async def test_erasing_a_user_or_an_event_corrects_rolled_up_days(
+        tenant: Tenant, temporal: Client, settings: Settings) -> None:
+    today = _today()
+    at = lambda days_ago: (_midnight(today - timedelta(days=days_ago))  # noqa: E731
+                           + timedelta(hours=9)).isoformat()
+    events = [{"userId": u, "eventName": "Viewed", "timestamp": at(d)}
+              for u, days in (("zed", (1, 2, 3)), ("amy", (2, 4))) for d in days]
+    ids = tenant.pk.post("/events/batch", json={"events": events}).json()["ids"]
+    await _roll_up(temporal, settings, tenant.project_id)
+    before = _report(tenant, range="7d")
+    assert before["rollup"]["rolledUpDays"] == 6 and before["events"] == 5
+    assert before["activeUsers"] == 2
+
+    assert tenant.sk.delete("/users/zed").json() == {"deleted": True}
+    after_user = _report(tenant, range="7d")
+    assert after_user["events"] == 2 and after_user["activeUsers"] == 1
+    assert [d["events"] for d in after_user["series"]][-5:] == [1, 0, 1, 0, 0]
+
+    assert tenant.sk.delete(f"/events/{ids[3]}").json() == {"deleted": True}  # amy, 2 days ago
+    after_event = _report(tenant, range="7d")
+    assert after_event["events"] == 1
+    assert [d["events"] for d in after_event["series"]][-5:] == [1, 0, 0, 0, 0]
