@@ -789,6 +789,27 @@ def summarise(out: dict[str, Any], bare: dict[str, Any] | None, sws: dict[str, A
     out["ratio_completed"] = over(comp["completed_per_s"]) if comp else None
     out["ratio_sleepers"] = over(slp["per_s"]) if slp else None
     out["ratio_bare_sws"] = over(sws["starts_per_s"]) if sws else None
+    # CPU per unit of work (ms of CPU per start / run / event): steadier than the rates
+    # on a shared machine. Bare: the Temporal server plus this process (callers and the
+    # bare worker). Enrollment phases: the product worker, the Temporal server and
+    # PostgreSQL. Ingest: the API per accepted event.
+    per: dict[str, float | None] = {
+        "bare_start": ms_per(bare and bare["cpu"], bare and bare["starts_per_s"],
+                             ("temporal", "bench", "worker")),
+        "drain_enrollment": ms_per(ing and ing["drain_cpu"],
+                                   ing and ing["drain_enrollment_starts_per_s"], PRODUCT),
+        "sleeper": ms_per(slp and slp["cpu"], slp and slp["per_s"], PRODUCT),
+        "completed_run": ms_per(comp and comp["cpu"], comp and comp["completed_per_s"],
+                                PRODUCT),
+        "ingested_event_api": ms_per(ing and ing["result"].cpu,
+                                     ing and ing["result"].events_per_s, ("api",)),
+    }
+    out["cpu_ms_per"] = {k: None if v is None else round(v, 1) for k, v in per.items()}
+    # What the ratio would be on an otherwise idle CPU-bound machine: a bare start's CPU
+    # over an enrollment's (a sleeper's run to its WAIT + the API's cost of its event).
+    if per["bare_start"] and per["sleeper"]:
+        out["ratio_cpu"] = round(per["bare_start"] / (per["sleeper"]
+                                                      + (per["ingested_event_api"] or 0)), 3)
     out["targets"] = {"ratio_min": RATIO_TARGET,
                       "ratio_met": None if ratio is None else ratio >= RATIO_TARGET}
     c.log("")
@@ -804,6 +825,13 @@ def summarise(out: dict[str, Any], bare: dict[str, Any] | None, sws: dict[str, A
     for label, key in rows:
         if out.get(key) is not None:
             c.log(f"  {label:<50} {out[key]:.3f}")
+    cpu_text_per = ", ".join(f"{k.replace('_', ' ')} {v:.1f}"
+                             for k, v in out["cpu_ms_per"].items() if v is not None)
+    if cpu_text_per:
+        c.log(f"  CPU ms per unit: {cpu_text_per}")
+    if out.get("ratio_cpu") is not None:
+        c.log(f"  ratio_cpu {out['ratio_cpu']:.3f} (bare start CPU / (sleeper + its event's "
+              "API) CPU: the ratio on an idle CPU-bound machine)")
     if ratio is not None:
         verdict = "ok" if ratio >= RATIO_TARGET else "BELOW TARGET"
         c.log(f"  ratio {ratio:.3f} (target >= {RATIO_TARGET}): {verdict}")
@@ -814,6 +842,17 @@ def summarise(out: dict[str, Any], bare: dict[str, Any] | None, sws: dict[str, A
         c.log(f"  note: other processes used up to {max(others):.2f} cores meanwhile; "
               "absolute figures are low, ratios are the figures to trust")
     return out
+
+
+PRODUCT = ("worker", "temporal", "postgres")
+
+
+def ms_per(cpu: dict[str, float] | bool | None, rate: float | bool | None,
+           parts: tuple[str, ...]) -> float | None:
+    """CPU milliseconds per unit: the parts' cores divided by the rate (units/s)."""
+    if not isinstance(cpu, dict) or not rate:
+        return None
+    return 1000 * sum(cpu.get(p, 0.0) for p in parts) / float(rate)
 
 
 def rounded(cpu: dict[str, float]) -> dict[str, float]:

@@ -12,7 +12,8 @@ Runs in every worker process, as a pipeline:
   and ONE enrollments query for the rows whose event running enrollments may await
   (exit events, WAIT_FOR_EVENT) and that no signal-with-start already reaches.
 - **call**: up to CONCURRENCY Temporal calls in flight at all times; claiming goes on
-  while calls run (up to MAX_OUTSTANDING rows claimed and not settled).
+  while calls run (up to MAX_OUTSTANDING rows claimed and not settled), unless the
+  workers are behind: no more than MAX_BACKLOG workflow tasks wait in the task queue.
 - **settle**: rows whose calls all succeeded are deleted in small groups; a failed row is
   kept and backed off (2 s … 60 s).
 
@@ -36,6 +37,9 @@ from typing import Any
 import psycopg
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from temporalio.common import (
     SearchAttributeKey,
@@ -66,6 +70,13 @@ LEASE = timedelta(seconds=30)  # a claimed row comes back after this unless sett
 IDLE_POLL = 0.15  # seconds between polls of an empty outbox (NOTIFY wakes it sooner)
 SETTLE_EVERY = 0.05  # seconds between deletes of finished rows
 RPC_TIMEOUT = timedelta(seconds=10)  # one Temporal call; well inside the lease
+# Backpressure: claim no more while the task queue holds this many workflow tasks that
+# no worker has picked up yet (new runs' first tasks, mostly). Starting runs faster than
+# the workers begin them only moves the queue from PostgreSQL into Temporal, where a
+# backlog costs the server more (tasks spill from memory to its database) and delays the
+# tasks of runs already under way. Read every BACKLOG_EVERY seconds while claiming.
+MAX_BACKLOG = 100
+BACKLOG_EVERY = 0.2
 STOP_GRACE = 5.0  # on stop: seconds for calls in flight to finish before rows are released
 SA_PROJECT = SearchAttributeKey.for_keyword("projectId")
 SA_AUTOMATION = SearchAttributeKey.for_keyword("automationId")
@@ -110,6 +121,9 @@ class OutboxDispatcher:
         self._failed: list[tuple[Row, str]] = []
         self._room = asyncio.Event()
         self._settle_now = asyncio.Event()
+        self._backlog = 0  # workflow tasks waiting in the task queue (last reading)
+        self._backlog_at = 0.0  # time.monotonic() of that reading
+        self._backlog_off_until = 0.0  # not readable (old server): retry after this
 
     # --- the pipeline ---
 
@@ -117,6 +131,7 @@ class OutboxDispatcher:
         """Dispatch until `stop` is set."""
         listener = await self._listen()
         settler = asyncio.create_task(self._settle_loop(stop), name="outbox-settle")
+        busy = False  # the last claim found rows
         try:
             while not stop.is_set():
                 room = MAX_OUTSTANDING - len(self._inflight)
@@ -126,8 +141,15 @@ class OutboxDispatcher:
                         await asyncio.wait_for(self._room.wait(), IDLE_POLL)
                     continue
                 limit = min(BATCH, room)
+                if busy:  # only read while there is work: an idle poll costs no RPC
+                    limit = min(limit, MAX_BACKLOG - await self._task_backlog())
+                if limit <= 0:  # the workers are behind: let them catch up first
+                    await self._pause(stop, BACKLOG_EVERY)
+                    continue
                 try:
                     claimed = await self._claim_and_launch(limit)
+                    self._backlog += claimed  # about one new task each, until re-read
+                    busy = claimed > 0
                 except Exception:
                     log.exception("outbox pass failed; retrying")
                     await self._pause(stop, 1.0)
@@ -255,6 +277,28 @@ class OutboxDispatcher:
                                      .values(available_at=func.now())
                                      .execution_options(synchronize_session=False))
         self._inflight.clear()
+
+    async def _task_backlog(self) -> int:
+        """Workflow tasks of our task queue that no worker has started (approximate, from
+        Temporal's DescribeTaskQueue stats; 0 when the server does not report them)."""
+        now = time.monotonic()
+        if now - self._backlog_at < BACKLOG_EVERY or now < self._backlog_off_until:
+            return self._backlog if now >= self._backlog_off_until else 0
+        self._backlog_at = now
+        try:
+            answer = await self._client.workflow_service.describe_task_queue(
+                DescribeTaskQueueRequest(
+                    namespace=self._client.namespace,
+                    task_queue=TaskQueue(name=self._settings.temporal_task_queue),
+                    task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+                    report_stats=True),
+                timeout=timedelta(seconds=2))
+            self._backlog = int(answer.stats.approximate_backlog_count)
+        except Exception as exc:  # backpressure is an optimisation: never block on it
+            log.info("task queue backlog unavailable (%s); dispatching without it for 60 s",
+                     exc)
+            self._backlog, self._backlog_off_until = 0, now + 60
+        return self._backlog
 
     @staticmethod
     async def _pause(stop: asyncio.Event, seconds: float) -> None:
