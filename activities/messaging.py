@@ -15,6 +15,7 @@ POST /messages waits on instead of Temporal's result long-poll.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -175,6 +176,11 @@ class MessagingActivities:
         engine: AsyncEngine = sessions.kw["bind"]
         # One statement per round trip, each its own transaction (the claim is atomic).
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Statements wait here rather than open overflow connections that the pool then
+        # closes again (tens of concurrent sends churned connections: PostgreSQL forks a
+        # backend for each).
+        size = getattr(engine.pool, "size", lambda: 10)()
+        self._db_slots = asyncio.Semaphore(max(2, int(size)))
         # project_id -> channel settings, checked against the row's updated_at by every
         # claim (never stale: a PUT/PATCH in any process changes updated_at).
         self._channels: dict[str, _Channels] = {}
@@ -215,7 +221,7 @@ class MessagingActivities:
         """Set `values` if the message is in an `expected` state (any state for None);
         True when it was updated."""
         stmt = outcome_sql(tuple(values), expected)
-        async with self._autocommit.connect() as conn:
+        async with self._db_slots, self._autocommit.connect() as conn:
             row = (await conn.execute(stmt, {**values, "now": _now(),
                                              "message_id": message_id})).first()
         return row is not None
@@ -236,7 +242,7 @@ class MessagingActivities:
         """Checks and the claim (committed before the provider is called)."""
         for _ in range(5):
             cached = self._channels.get(project_id)
-            async with self._autocommit.connect() as conn:
+            async with self._db_slots, self._autocommit.connect() as conn:
                 row = (await conn.execute(CLAIM_SQL, {
                     "message_id": message_id, "project_id": project_id, "now": _now(),
                     "cfg_updated_at": cached.updated_at if cached else None,
@@ -340,7 +346,7 @@ class MessagingActivities:
                 await self._drop_subscriptions(db, message_id, dropped)
 
     async def _release(self, message_id: str) -> None:
-        async with self._autocommit.connect() as conn:
+        async with self._db_slots, self._autocommit.connect() as conn:
             await conn.execute(RELEASE_SQL, {"message_id": message_id, "now": _now()})
 
     async def _record_sent(self, message_id: str, result: ProviderResult) -> None:
