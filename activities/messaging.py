@@ -277,6 +277,7 @@ class MessagingActivities:
             await self._outcome(row.id, ("sending",), status="sent", error=INTERRUPTED_NOTE,
                                 sent_at=_now())
             return DeliverResult("sent")
+        reason: str | None
         if not row.user_found:
             reason = "the user no longer exists"
             return (DeliverResult("failed", reason) if await self._outcome(
