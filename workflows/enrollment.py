@@ -16,9 +16,9 @@ from typing import Any
 
 from temporalio import workflow
 
-# Everything but the workflow class comes through the sandbox as is: the sandbox
-# re-executes this module for every new run, so the less it holds, the cheaper a run
-# (dataclass creation and string annotations were ~20% of the worker's CPU).
+# The types live in activities/automations.py (created once per process, no string
+# annotations for the payload converter to evaluate). Passed through, so that this
+# stays cheap should the workflow ever be sandboxed again (see the class below).
 with workflow.unsafe.imports_passed_through():
     from activities.automations import (
         AutomationActivities,
@@ -49,7 +49,12 @@ LOCAL_DB = {"start_to_close_timeout": DB.start_to_close_timeout,
             "retry_policy": DB.retry_policy}
 
 
-@workflow.defn
+# Not sandboxed: the sandbox re-created this module for every run (~12% of the worker's
+# CPU per enrollment) to guard against non-determinism that this code does not have: it
+# only interprets the step snapshot in its input through workflow APIs (no clock,
+# randomness, I/O or shared mutable state). Keep it that way; the replay test catches
+# changed commands.
+@workflow.defn(sandboxed=False)
 class AutomationEnrollmentWorkflow:
     def __init__(self) -> None:
         self._stop: str | None = None  # exited | cancelled
