@@ -11,17 +11,15 @@ from typing import Annotated, Any, Literal
 import psycopg
 from fastapi import APIRouter, Query, Request
 from pydantic import Field, model_validator
-from temporalio.common import WorkflowIDConflictPolicy
 
 from api.deps import SecretKey, SessionDep, StateDep
 from api.pagination import PageDep
 from api.responses import SECRET_ERRORS, errors
-from core import temporal as ids
 from core.db import libpq_url
 from core.errors import ServiceUnavailable
 from core.schemas import ApiModel, ReadModel, UtcDatetime
 from core.services import messages as message_service
-from workflows.send_message import SendMessageInput, SendMessageWorkflow
+from workflows.starts import start_send_message
 
 router = APIRouter(prefix="/messages", tags=["messages"])
 log = logging.getLogger("retenshun.api.messages")
@@ -160,17 +158,9 @@ async def send_message(body: MessageCreate, key: SecretKey, state: StateDep,
     outcome = await outcomes.register(message_id)  # before the start: no NOTIFY missed
     try:
         try:
-            client = await state.temporal.client()
-            # No memo (unlike workflows.starts.start_send_message, which this replaces):
-            # the id is the message id, which names project, user and channel, and the
-            # worker pays for every memo payload it decodes (~6% of its CPU per send).
-            handle = await client.start_workflow(
-                SendMessageWorkflow.run,
-                SendMessageInput(project_id=key.project_id, message_id=message_id),
-                id=ids.send_message_workflow_id(message_id),
-                task_queue=state.settings.temporal_task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            )
+            handle = await start_send_message(
+                await state.temporal.client(), state.settings.temporal_task_queue,
+                project_id=key.project_id, message_id=message_id)
         except Exception as exc:
             log.error("cannot start the send of %s: %s", message_id, exc)
             async with state.sessions() as db:
