@@ -13,7 +13,7 @@ K active automations with distinct trigger events, then runs, one after the othe
             process on its own task queue, with the dispatcher's concurrency (32)
   ingest    POST /events at full speed for --seconds (each event triggers exactly one
             of the K automations, distinct users): events/s accepted, enrollments
-            started/s (rows in `enrollments`, written by the run's first activity) and
+            started/s (rows in `enrollments`, written by the run's first local activity) and
             outbox rows dispatched/s while ingesting; then --seconds without ingestion
             (the dispatcher draining its backlog); outbox backlog and lag
   complete  a one-step automation (SEND_EMAIL, inline copy, to the sink), fed
