@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from temporalio import activity
 
 from core.db import session_scope
+from core.models import Segment
 from core.services import segments as segment_service
 
 log = logging.getLogger("retenshun.activities.segments")
@@ -130,10 +131,11 @@ class SegmentActivities:
         next_sweep = time.monotonic() + SWEEP_SECONDS
         while time.monotonic() < deadline and not activity.is_worker_shutdown():
             worked = await self._rebuild_pending(progress)
-            worked |= await self._follow(progress, input.batch_size)
-            if time.monotonic() >= next_sweep:
-                await self._sweep(progress, input.batch_size)
-                next_sweep = time.monotonic() + SWEEP_SECONDS
+            if not await self._skip_without_segments(progress):
+                worked |= await self._follow(progress, input.batch_size)
+                if time.monotonic() >= next_sweep:
+                    await self._sweep(progress, input.batch_size)
+                    next_sweep = time.monotonic() + SWEEP_SECONDS
             progress.result.cursor = _encode(progress.cursor)
             activity.heartbeat(progress.result.cursor)
             if not worked:
@@ -155,6 +157,22 @@ class SegmentActivities:
                 result.entered += change.entered
                 result.left += change.left
         return bool(pending)
+
+    async def _skip_without_segments(self, progress: _Progress) -> bool:
+        """With no built segment anywhere there is no membership to keep: move the cursor
+        up to `LAG_SECONDS` ago instead of reading every changed user (reading them cost
+        the worker 12-26% of its CPU while ingesting). A segment built later starts from
+        its own full rebuild, which sees every change committed before it."""
+        async with session_scope(self._sessions) as db:
+            now, any_built = (await db.execute(select(
+                func.now(), select(Segment.id).where(Segment.counted_at.is_not(None))
+                .exists()))).one()
+        if any_built:
+            return False
+        floor: segment_service.Cursor = (now - timedelta(seconds=LAG_SECONDS), "", "")
+        progress.cursor = max(progress.cursor, floor)
+        progress.seen.clear()
+        return True
 
     async def _follow(self, progress: _Progress, batch_size: int) -> bool:
         """Evaluate everyone past the cursor, page by page; True if anyone was."""
