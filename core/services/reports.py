@@ -198,12 +198,21 @@ def _add(metrics: dict[str, int], name: str, count: int) -> None:
 # --- rollups (written by activities/reports.py) ---
 
 
+async def lock_rollups(db: AsyncSession, project_id: str) -> None:
+    """Serialise, per project and until the transaction ends, everything that writes
+    rollups: a rollup takes it before it computes, an invalidation before it deletes. So a
+    rollup never stores figures computed before an erasure that committed ahead of it (it
+    waits, then reads after the erasure), and an erasure never runs beside a rollup it would
+    not see (it waits, then deletes what that rollup stored)."""
+    await db.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+                     {"k": f"rollup:{project_id}"})
+
+
 async def store_rollups(db: AsyncSession, project_id: str, days: Sequence[date],
                         metrics: dict[date, dict[str, int]], computed_at: datetime) -> None:
     """Replace the rollups of `days` with `metrics` (+ one marker row per day). Serialised
     per project, so an on-demand and a scheduled rollup cannot collide."""
-    await db.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-                     {"k": f"rollup:{project_id}"})
+    await lock_rollups(db, project_id)
     await db.execute(delete(DailyRollup).where(DailyRollup.project_id == project_id,
                                                DailyRollup.day.in_(list(days))))
     rows = [{"project_id": project_id, "day": day, "metric": name, "value": value,
@@ -223,6 +232,9 @@ async def rollup_days(db: AsyncSession, project_id: str, lo: date, hi: date,
                          "today are rolled up")
     days = [lo + timedelta(days=i) for i in range((hi - lo).days)]
     await db.execute(_NO_JIT)
+    # Before computing: under READ COMMITTED the queries below then see every erasure that
+    # invalidated these days ahead of us.
+    await lock_rollups(db, project_id)
     await store_rollups(db, project_id, days, await compute_days(db, project_id, lo, hi), now)
 
 
@@ -283,6 +295,7 @@ async def invalidate(db: AsyncSession, project_id: str, since: date | datetime) 
     at once exactly) until the next rollup. For changes the rollup cannot see coming: an
     erased user, a deleted event, events imported into past days."""
     day = since.astimezone(UTC).date() if isinstance(since, datetime) else since
+    await lock_rollups(db, project_id)  # a rollup computing now would store stale days
     await db.execute(delete(DailyRollup).where(DailyRollup.project_id == project_id,
                                                DailyRollup.day >= day))
     await db.flush()

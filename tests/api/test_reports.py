@@ -4,6 +4,7 @@ from the rollups the real ReportsRollupWorkflow wrote, then after changes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -397,3 +398,31 @@ async def test_erasing_a_user_or_an_event_corrects_rolled_up_days(
     after_event = _report(tenant, range="7d")
     assert after_event["events"] == 1
     assert [d["events"] for d in after_event["series"]][-5:] == [1, 0, 0, 0, 0]
+
+
+async def test_a_rollup_computing_beside_an_erasure_never_stores_the_erased_event(
+        tenant: Tenant, settings: Settings) -> None:
+    """The race CI once hit: a report kicked an on-demand rollup, which computed a day just
+    before DELETE /events erased an event of it and stored its figures just after."""
+    today = _today()
+    at = lambda days_ago: (_midnight(today - timedelta(days=days_ago))  # noqa: E731
+                           + timedelta(hours=9)).isoformat()
+    ids = tenant.pk.post("/events/batch", json={"events": [
+        {"userId": "amy", "eventName": "Viewed", "timestamp": at(d)} for d in (2, 3)]},
+    ).json()["ids"]
+    engine = make_async_engine(settings.database_url, 1)
+    try:
+        async with make_sessionmaker(engine)() as rollup:  # computed, not committed yet
+            await report_service.rollup_days(rollup, tenant.project_id,
+                                             today - timedelta(days=6), today,
+                                             datetime.now(UTC))
+            erase = asyncio.ensure_future(asyncio.to_thread(tenant.sk.delete,
+                                                            f"/events/{ids[0]}"))
+            await asyncio.wait({erase}, timeout=1.0)  # long enough to finish if unblocked
+            await rollup.commit()
+        assert (await erase).json() == {"deleted": True}
+    finally:
+        await engine.dispose()
+    report = _report(tenant, range="7d")
+    assert report["events"] == 1
+    assert [d["events"] for d in report["series"]][-4:] == [1, 0, 0, 0]
