@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Computed,
     Date,
     DateTime,
     ForeignKey,
@@ -136,8 +137,18 @@ class EndUser(Base):
     session_count: Mapped[int] = mapped_column(Integer, server_default="0")
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    # Indexed instead of last_seen and updated_at, so that an event's upsert changes no
+    # indexed value and is a HOT update (migration 0006): the UTC day of last_seen, and
+    # "segment memberships need re-evaluating" (set by changes, cleared by the refresher).
+    last_seen_day: Mapped[date | None] = mapped_column(
+        Date, Computed("(last_seen AT TIME ZONE 'UTC')::date", persisted=True))
+    membership_stale: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
 
-    __table_args__ = (Index("ix_users_project_last_seen", "project_id", "last_seen"),)
+    __table_args__ = (
+        Index("ix_users_project_last_seen_day", "project_id", "last_seen_day"),
+        Index("ix_users_membership_stale", "project_id", "id",
+              postgresql_where=text("membership_stale")),
+    )
 
 
 class Event(Base):

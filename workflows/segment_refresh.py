@@ -2,10 +2,10 @@
 see workflows/starts.ensure_segment_jobs):
 
 - SegmentRefreshWorkflow, id `segment-refresh:{taskQueue}`: runs the long-poll
-  `refresh_segment_memberships` activity back to back (a minute each), carrying its
-  cursor over `users.updated_at`; continue-as-new every `rounds_per_run` rounds keeps
-  the history short. A user's membership follows a profile change or event within
-  about a second.
+  `refresh_segment_memberships` activity back to back (a minute each), which
+  re-evaluates the users flagged `membership_stale`; continue-as-new every
+  `rounds_per_run` rounds keeps the history short. A user's membership follows a
+  profile change or event within about a second.
 - SegmentRecomputeWorkflow, started every 5 minutes by the Temporal Schedule
   `segment-recompute:{taskQueue}`: rebuilds the segments whose rules move with time
   alone (within_last_days, withinDays) and any not rebuilt for an hour.
@@ -30,7 +30,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 # The long-poll activity: a minute of work per call (plus any rebuild under way),
-# heartbeating its cursor.
+# heartbeating its progress.
 REFRESH = ActivityPreset(
     start_to_close_timeout=timedelta(hours=1),
     heartbeat_timeout=timedelta(seconds=30),
@@ -48,7 +48,6 @@ RECOMPUTE = ActivityPreset(
 
 @dataclass
 class SegmentRefreshInput:
-    cursor: list[str] | None = None
     run_seconds: float = 60.0
     rounds_per_run: int = 30
     poll_seconds: float = 0.5
@@ -63,17 +62,16 @@ class SegmentRecomputeInput:
 class SegmentRefreshWorkflow:
     @workflow.run
     async def run(self, input: SegmentRefreshInput) -> None:
-        cursor = input.cursor
+        # Histories of older runs carry a `cursor` in these payloads: unknown fields are
+        # ignored when decoding, and the commands are the same, so they replay.
         for _ in range(input.rounds_per_run):
-            result = await workflow.execute_activity_method(
+            await workflow.execute_activity_method(
                 SegmentActivities.refresh,
-                RefreshInput(cursor=cursor, run_seconds=input.run_seconds,
-                             poll_seconds=input.poll_seconds),
+                RefreshInput(run_seconds=input.run_seconds, poll_seconds=input.poll_seconds),
                 **REFRESH.kwargs(),
             )
-            cursor = result.cursor
         workflow.continue_as_new(SegmentRefreshInput(
-            cursor=cursor, run_seconds=input.run_seconds,
+            run_seconds=input.run_seconds,
             rounds_per_run=input.rounds_per_run, poll_seconds=input.poll_seconds))
 
 

@@ -53,7 +53,9 @@ class BatchResult:
 # first and last event time, the number of events and the number of 30-minute gaps
 # between them; a new session also opens when the first event is 30+ minutes after
 # the stored newest event. Rows are fed sorted by user id, so concurrent batches lock
-# users in one order and cannot deadlock.
+# users in one order and cannot deadlock. No indexed value changes on a typical event
+# (`membership_stale` is already true, `last_seen_day` moves once a day), so PostgreSQL
+# updates the row in place (HOT), writing no index entries: migration 0006.
 _UPSERT_USERS_TAIL = """
 ON CONFLICT (project_id, id) DO UPDATE SET
     first_seen = LEAST(u.first_seen, EXCLUDED.first_seen),
@@ -64,7 +66,8 @@ ON CONFLICT (project_id, id) DO UPDATE SET
         + CASE WHEN u.last_event_at IS NULL
                  OR EXCLUDED.first_seen >= u.last_event_at + interval '30 minutes'
                THEN 1 ELSE 0 END,
-    updated_at = EXCLUDED.updated_at
+    updated_at = EXCLUDED.updated_at,
+    membership_stale = true
 """
 
 _TRACK_ONE = (
@@ -78,8 +81,9 @@ WITH ev AS (
     RETURNING id, timestamp
 ), up AS (
     INSERT INTO users AS u (project_id, id, first_seen, last_seen, last_event_at,
-                            event_count, session_count, updated_at)
-    SELECT %(project_id)s, %(user_id)s, ev.timestamp, ev.timestamp, ev.timestamp, 1, 1, %(now)s
+                            event_count, session_count, updated_at, membership_stale)
+    SELECT %(project_id)s, %(user_id)s, ev.timestamp, ev.timestamp, ev.timestamp, 1, 1, %(now)s,
+           true
     FROM ev
 """
     + _UPSERT_USERS_TAIL
@@ -123,9 +127,9 @@ WITH x AS (
     FROM ins
 ), up AS (
     INSERT INTO users AS u (project_id, id, first_seen, last_seen, last_event_at,
-                            event_count, session_count, updated_at)
+                            event_count, session_count, updated_at, membership_stale)
     SELECT %(project_id)s, user_id, min(timestamp), max(timestamp), max(timestamp),
-           count(*), 1 + sum(gap), %(now)s
+           count(*), 1 + sum(gap), %(now)s, true
     FROM gaps GROUP BY user_id
     ORDER BY user_id
 """
@@ -287,5 +291,5 @@ async def delete_event(db: AsyncSession, project_id: str, event_id: str) -> None
         update(EndUser)
         .where(EndUser.project_id == project_id, EndUser.id == event.user_id,
                EndUser.event_count > 0)
-        .values(event_count=EndUser.event_count - 1)
+        .values(event_count=EndUser.event_count - 1, membership_stale=True)
     )

@@ -268,6 +268,6 @@ def signing_keys(secret_key: str) -> list[str]:
 async def unsubscribe(db: AsyncSession, project_id: str, user_id: str) -> bool:
     result = await db.execute(
         update(EndUser).where(EndUser.project_id == project_id, EndUser.id == user_id)
-        .values(subscribed=False, updated_at=datetime.now(UTC))
+        .values(subscribed=False, updated_at=datetime.now(UTC), membership_stale=True)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -104,7 +104,9 @@ SELECT day, updated_at FROM daily_rollups
 WHERE project_id = :project_id AND metric = '{MARKER}' AND day >= :first AND day < :last
 """)
 _ACTIVE_USERS = text("""
-SELECT count(*) FROM users WHERE project_id = :project_id AND last_seen >= :start
+SELECT count(*) FROM users WHERE project_id = :project_id
+  AND last_seen_day >= (CAST(:start AS timestamptz) AT TIME ZONE 'UTC')::date
+  AND last_seen >= :start
 """)
 _CANDIDATES = text("""
 SELECT p.id FROM projects AS p

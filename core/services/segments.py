@@ -4,8 +4,9 @@ Membership is kept by the worker, never by ingestion:
 
 - `rebuild_membership` recomputes one whole segment in one statement (new or edited
   rules: `counted_at` is NULL until it has run; time-relative rules on a schedule);
-- `refresh_users` re-evaluates a batch of users whose `updated_at` moved against every
-  built segment of their project.
+- `refresh_users` re-evaluates a batch of users flagged `membership_stale` (set by
+  ingestion, identify, profile edits, unsubscribes; cleared by `mark_evaluated`) against
+  every built segment of their project.
 
 Both write only differences: a user entering a segment gets a row (with its
 `entered_at`) and, when an active SEGMENT_ENTRY automation watches that segment, an
@@ -23,7 +24,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
-    DateTime,
     String,
     cast,
     delete,
@@ -31,6 +31,7 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    text,
     tuple_,
     update,
 )
@@ -350,26 +351,47 @@ async def refresh_users(db: AsyncSession, project_id: str, user_ids: list[str],
 
 
 @dataclass(frozen=True)
-class ChangedUser:
-    project_id: str
+class StaleUser:
     user_id: str
-    updated_at: datetime
+    updated_at: datetime  # as read: the flag is cleared only if it has not moved since
 
 
-Cursor = tuple[datetime, str, str]
+async def projects_with_built_segments(db: AsyncSession) -> list[str]:
+    return list(await db.scalars(select(Segment.project_id).distinct()
+                                 .where(Segment.counted_at.is_not(None))
+                                 .order_by(Segment.project_id)))
 
 
-async def changed_users(db: AsyncSession, after: Cursor, limit: int,
-                        until: datetime | None = None) -> list[ChangedUser]:
-    """Users whose updated_at is after `after` (keyset: updated_at, project_id, id),
-    oldest first, optionally up to `until` (inclusive)."""
-    ts, project_id, user_id = after
-    query = (select(EndUser.project_id, EndUser.id, EndUser.updated_at)
-             .where(EndUser.updated_at >= ts,
-                    tuple_(EndUser.updated_at, EndUser.project_id, EndUser.id)
-                    > tuple_(literal(ts, DateTime(timezone=True)),
-                             literal(project_id, String), literal(user_id, String)))
-             .order_by(EndUser.updated_at, EndUser.project_id, EndUser.id).limit(limit))
-    if until is not None:
-        query = query.where(EndUser.updated_at <= until)
-    return [ChangedUser(p, u, t) for p, u, t in await db.execute(query)]
+async def stale_users(db: AsyncSession, project_id: str, after: str, limit: int,
+                      ) -> list[StaleUser]:
+    """Users of the project flagged `membership_stale`, by id after `after` (a range scan
+    of the partial index ix_users_membership_stale)."""
+    rows = await db.execute(
+        select(EndUser.id, EndUser.updated_at)
+        .where(EndUser.project_id == project_id, EndUser.membership_stale, EndUser.id > after)
+        .order_by(EndUser.id).limit(limit))
+    return [StaleUser(u, t) for u, t in rows]
+
+
+# Clears the flags of the users just evaluated, unless a change moved `updated_at` since
+# they were read (that change is evaluated on the next pass). SKIP LOCKED: a user being
+# written right now stays stale rather than make us wait; and since the refresher never
+# waits on a user row, it cannot deadlock with ingestion, which locks users in id order.
+_MARK_EVALUATED = text("""
+UPDATE users AS u SET membership_stale = false
+FROM (SELECT id FROM users
+      WHERE project_id = :project_id AND id = ANY(:ids) AND membership_stale
+      ORDER BY id FOR UPDATE SKIP LOCKED) AS locked,
+     unnest(CAST(:ids AS text[]), CAST(:seen AS timestamptz[])) AS s(id, updated_at)
+WHERE u.project_id = :project_id AND u.id = locked.id AND s.id = u.id
+  AND u.updated_at = s.updated_at
+""")
+
+
+async def mark_evaluated(db: AsyncSession, project_id: str, users: list[StaleUser]) -> int:
+    """Clear `membership_stale` of these users (run it last in the transaction that wrote
+    their memberships). Returns how many were cleared."""
+    result = await db.execute(_MARK_EVALUATED, {
+        "project_id": project_id, "ids": [u.user_id for u in users],
+        "seen": [u.updated_at for u in users]})
+    return int(result.rowcount)  # type: ignore[attr-defined]

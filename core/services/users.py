@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ARRAY, Text, delete, func, literal, or_, select
+from sqlalchemy import ARRAY, Text, and_, delete, func, literal, or_, select
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -34,7 +34,7 @@ async def upsert_profile(
     to_remove = [k for k, v in props.items() if v is None]
     values: dict[str, Any] = {
         "project_id": project_id, "id": user_id, "properties": to_set,
-        "first_seen": now, "last_seen": now, "updated_at": now,
+        "first_seen": now, "last_seen": now, "updated_at": now, "membership_stale": True,
     }
     if email is not UNSET:
         values["email"] = email
@@ -44,7 +44,7 @@ async def upsert_profile(
     merged = EndUser.properties.op("||")(literal(to_set, JSONB))
     if to_remove:
         merged = merged.op("-")(literal(to_remove, ARRAY(Text)))
-    set_: dict[str, Any] = {"properties": merged, "updated_at": now}
+    set_: dict[str, Any] = {"properties": merged, "updated_at": now, "membership_stale": True}
     if email is not UNSET:
         set_["email"] = stmt.excluded.email
     if subscribed is not None:
@@ -77,10 +77,16 @@ async def list_users(
         )
     if active is not None:
         cutoff = datetime.now(UTC) - ACTIVE_WINDOW
-        query = query.where(EndUser.last_seen >= cutoff if active else EndUser.last_seen < cutoff)
+        # The day bound lets PostgreSQL use ix_users_project_last_seen_day (last_seen
+        # itself is not indexed, see models.EndUser); the exact bound then decides.
+        day = cutoff.date()
+        query = query.where(
+            and_(EndUser.last_seen_day >= day, EndUser.last_seen >= cutoff) if active
+            else and_(EndUser.last_seen_day <= day, EndUser.last_seen < cutoff))
     total = await db.scalar(select(func.count()).select_from(query.subquery()))
     rows = await db.scalars(
-        query.order_by(EndUser.last_seen.desc(), EndUser.id).offset((page - 1) * limit).limit(limit)
+        query.order_by(EndUser.last_seen_day.desc(), EndUser.last_seen.desc(), EndUser.id)
+        .offset((page - 1) * limit).limit(limit)
     )
     return list(rows), int(total or 0)
 

@@ -17,7 +17,8 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.segments import RecomputeInput, SegmentActivities
 from core import temporal as ids
-from core.db import make_async_engine, make_sessionmaker
+from core.db import make_async_engine, make_sessionmaker, session_scope
+from core.services import segments as segment_service
 from core.settings import Settings
 from tests.support import Tenant, assert_error
 
@@ -286,3 +287,44 @@ async def test_time_relative_segments_are_recomputed_on_schedule(
     desc = await client.get_schedule_handle(
         ids.segment_recompute_schedule_id(settings.temporal_task_queue)).describe()
     assert desc.schedule.spec.intervals[0].every == timedelta(minutes=5)
+
+
+def _flagged(db: psycopg.Connection, t: Tenant) -> set[str]:
+    return {r[0] for r in db.execute(
+        "SELECT id FROM users WHERE project_id = %s AND membership_stale",
+        (t.project_id,)).fetchall()}
+
+
+async def test_a_change_while_a_user_is_evaluated_keeps_it_flagged(
+    tenant: Tenant, database_url: str, db: psycopg.Connection, settings: Settings,
+) -> None:
+    """The refresher clears a user's flag only if nothing changed the user since it read
+    it, and never waits on a user being written (this project has no built segment, so
+    the worker's own refresher leaves it alone and the steps run here are the only ones)."""
+    for user in ("ann", "bob", "cat"):
+        _identify(tenant, user, plan="free")
+    _track(tenant, "dan", "Viewed")
+    assert _flagged(db, tenant) == {"ann", "bob", "cat", "dan"}
+    engine = make_async_engine(settings.database_url, 1)
+    try:
+        sessions = make_sessionmaker(engine)
+        async with session_scope(sessions) as session:
+            users = await segment_service.stale_users(session, tenant.project_id, "", 10)
+        assert [u.user_id for u in users] == ["ann", "bob", "cat", "dan"]
+        _track(tenant, "bob", "Viewed")  # bob changes after he was read
+        with psycopg.connect(database_url) as other, other.transaction():
+            other.execute("SELECT 1 FROM users WHERE project_id = %s AND id = 'cat' "
+                          "FOR UPDATE", (tenant.project_id,))  # cat is being written
+            async with session_scope(sessions) as session:
+                cleared = await segment_service.mark_evaluated(
+                    session, tenant.project_id, users)
+        assert cleared == 2
+        assert _flagged(db, tenant) == {"bob", "cat"}
+        async with session_scope(sessions) as session:
+            assert [u.user_id for u in await segment_service.stale_users(
+                session, tenant.project_id, "bob", 10)] == ["cat"]
+    finally:
+        await engine.dispose()
+    _track(tenant, "ann", "Viewed")  # every change flags the user again
+    tenant.sk.patch("/users/dan", json={"properties": {"plan": "pro"}})
+    assert _flagged(db, tenant) == {"ann", "bob", "cat", "dan"}

@@ -68,6 +68,8 @@ def test_search_and_active_filter(tenant: Tenant, db: psycopg.Connection) -> Non
     active = tenant.sk.get("/users", params={"filter": "active"}).json()
     inactive = tenant.sk.get("/users", params={"filter": "inactive"}).json()
     assert "carol" not in {u["id"] for u in active["users"]} and active["total"] == 3
+    # Most recently seen first.
+    assert [u["id"] for u in active["users"]] == ["100%_real", "bob", "alice"]
     assert [u["id"] for u in inactive["users"]] == ["carol"]
     assert_error(tenant.sk.get("/users", params={"filter": "sleepy"}), 400)
     paged = tenant.sk.get("/users", params={"limit": 2, "page": 2}).json()
