@@ -20,11 +20,16 @@ email each and points the email channel at the catcher. Then, one after the othe
             RETENSHUN_MESSAGE_WAIT_SECONDS for the send) and how many answered `sent`;
             afterwards every created message must end `sent` (GET /messages?status=sent)
             with exactly one mail caught each
+  ceiling   (bench/_temporal_ceiling.py; skip with --no-ceiling) --concurrency callers
+            start a workflow of the send's shape (one workflow task, one local activity
+            that does nothing) against the same Temporal server, served by a worker in
+            this process: completed workflows/s, what Temporal alone allows
 
 each with --warmup unmeasured seconds then --seconds measured ones. ratio = product
-mails/s ÷ baseline mails/s (target >= 0.4). The last line of output is one JSON object
-with every figure. Loopback only; every process and temp dir is removed at exit, also
-on Ctrl-C or SIGTERM.
+mails/s ÷ baseline mails/s (target >= 0.4); ceiling_ratio = ceiling workflows/s ÷
+baseline mails/s bounds the ratio of any design with one workflow per message. The
+last line of output is one JSON object with every figure. Loopback only; every process
+and temp dir is removed at exit, also on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as c
 import _stack as st
+import _temporal_ceiling
 import ingest
 
 RATIO_TARGET = 0.4
@@ -108,6 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "each product window (DIR/PHASE-PID.txt, raw collapsed stacks)")
     p.add_argument("--keep-logs", type=Path, metavar="DIR",
                    help="write the servers' logs here and keep them (default: a temp dir)")
+    p.add_argument("--no-ceiling", action="store_true",
+                   help="skip the Temporal ceiling phase (bench/_temporal_ceiling.py)")
     p.add_argument("--strict", action="store_true", help="exit 1 when the ratio is missed")
     args = p.parse_args(argv)
     if args.concurrency < 1 or args.rounds < 1 or args.worker_procs < 1:
@@ -565,6 +573,22 @@ def run(args: argparse.Namespace, cleanup: c.Cleanup) -> dict[str, Any]:
     ratios = [p.win.mails_per_s / b.mails_per_s if b.mails_per_s else 0.0 for b, p in rounds]
     ratio = statistics.median(ratios)
     base, prod = rounds[-1] if len(rounds) == 1 else _median_round(rounds, ratios)
+    ceiling: dict[str, Any] = {}
+    if not args.no_ceiling:
+        c.log(f"ceiling: workflows of the send's shape (1 workflow task, 1 local activity "
+              f"that does nothing), {args.concurrency} closed-loop callers, same Temporal…")
+        if args.wait_quiet:
+            c.wait_for_quiet(args.wait_quiet)
+        ceiling = asyncio.run(_temporal_ceiling.ceiling_phase(
+            stack.temporal.address, args.seconds, args.warmup, args.concurrency,
+            stack.cpu_groups))
+        rate = ceiling["workflows_per_s"]
+        c.log(f"  ceiling   {rate:>8,.1f} workflows/s   ({ceiling['errors']} errors; p50 "
+              f"{ceiling['p50_ms']:.1f} ms, p99 {ceiling['p99_ms']:.1f} ms)")
+        c.log(f"            CPU cores: {cpu_text(ceiling['cpu'])}")
+        c.log(f"            CPU ms/workflow: {cpu_text(per_mail_ms(ceiling['cpu'], rate))}")
+        for sample in ceiling["error_samples"]:
+            c.log(f"            error sample: {sample}")
     out: dict[str, Any] = {
         "bench": "send", "product_dir": str(args.product_dir), "seconds": args.seconds,
         "warmup": args.warmup,
@@ -585,6 +609,15 @@ def run(args: argparse.Namespace, cleanup: c.Cleanup) -> dict[str, Any]:
         "ratio": round(ratio, 3),
         "targets": {"ratio_min": RATIO_TARGET, "ratio_met": ratio >= RATIO_TARGET},
     }
+    if ceiling:
+        out["ceiling_workflows_per_s"] = round(ceiling["workflows_per_s"], 1)
+        out["ceiling_p50_ms"] = round(ceiling["p50_ms"], 2)
+        out["ceiling_errors"] = ceiling["errors"]
+        out["ceiling_cpu_cores"] = rounded(ceiling["cpu"])
+        out["ceiling_cpu_ms_per_workflow"] = per_mail_ms(ceiling["cpu"],
+                                                         ceiling["workflows_per_s"])
+        out["ceiling_ratio"] = (round(ceiling["workflows_per_s"] / base.mails_per_s, 3)
+                                if base.mails_per_s else None)
     if args.rounds > 1:
         out["round_ratios"] = [round(r, 3) for r in ratios]
         out["round_baseline_mails_per_s"] = [round(b.mails_per_s, 1) for b, _ in rounds]
@@ -593,6 +626,10 @@ def run(args: argparse.Namespace, cleanup: c.Cleanup) -> dict[str, Any]:
     verdict = "ok" if ratio >= RATIO_TARGET else "BELOW TARGET"
     c.log(f"ratio = product mails/s ÷ baseline mails/s = {ratio:.3f} "
           f"(target >= {RATIO_TARGET}): {verdict}")
+    if ceiling and out["ceiling_ratio"] is not None:
+        c.log(f"ceiling_ratio = Temporal-only workflows/s ÷ baseline mails/s = "
+              f"{out['ceiling_ratio']:.3f} (no design with one workflow per message can "
+              "exceed it on this Temporal server)")
     others = max(max(b.cpu.get("others", 0.0), p.win.cpu.get("others", 0.0))
                  for b, p in rounds)
     if others > 0.3:
