@@ -7,10 +7,17 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from psycopg.types.json import Jsonb
+from temporalio.testing import ActivityEnvironment
 
+from activities.automations import AutomationActivities, BeginInput, BeginResult
+from activities.messaging import MessagingActivities
+from core.crypto import SecretBox
+from core.db import make_async_engine, make_sessionmaker
+from core.settings import Settings
 from tests.activities.fakes import SmtpSink
 from tests.support import Tenant, assert_error
 
@@ -235,3 +242,44 @@ def test_a_row_leased_by_a_crashed_dispatcher_comes_back_and_enrolls_once(
         time.sleep(0.2)
     runs = shop.sk.get(f"/automations/{automation['id']}/runs").json()["runs"]
     assert [r["status"] for r in runs] == ["running"]
+
+
+async def test_begin_records_a_run_once_and_refuses_stopped_automations(
+        tenant: Tenant, db: psycopg.Connection, settings: Settings) -> None:
+    """The enrollment's first local activity, run here directly: it records the run once
+    (a retry finds its row), closes a row that a run terminated from outside left
+    `running`, and starts nothing for an automation made inactive or deleted."""
+    auto = tenant.sk.post("/automations", json={
+        "name": "Direct", "triggerType": "EVENT", "triggerEvent": "never.sent", "active": True,
+        "steps": [{"type": "WAIT", "delay": 60}]}).json()
+    db.execute("INSERT INTO enrollments (id, project_id, automation_id, user_id, workflow_id, "
+               "status, automation_version) VALUES ('run_left', %s, %s, 'ann', 'wf', "
+               "'running', 1)", (tenant.project_id, auto["id"]))
+    engine = make_async_engine(settings.database_url, 1)
+    http = httpx.AsyncClient()
+    try:
+        sessions = make_sessionmaker(engine)
+        acts = AutomationActivities(sessions, MessagingActivities(
+            sessions, SecretBox(settings.secret_key), settings, http))
+
+        async def begin(run_id: str, automation_id: str = auto["id"]) -> BeginResult:
+            return await ActivityEnvironment().run(acts.begin, BeginInput(
+                tenant.project_id, automation_id, "ann", run_id, "enroll:x:ann", 1,
+                "evt_1", "steps[0] WAIT"))
+
+        assert await begin("run_new") == BeginResult(True)
+        assert await begin("run_new") == BeginResult(True)  # a retry
+        rows = db.execute("SELECT id, status, current_step, ended_at IS NOT NULL "
+                          "FROM enrollments WHERE automation_id = %s ORDER BY id",
+                          (auto["id"],)).fetchall()
+        assert rows == [("run_left", "cancelled", None, True),
+                        ("run_new", "running", "steps[0] WAIT", False)]
+        tenant.sk.patch(f"/automations/{auto['id']}", json={"active": False})
+        assert await begin("run_later") == BeginResult(False, "automation inactive")
+        assert await begin("run_other", "aut_missing") == BeginResult(
+            False, "automation deleted")
+    finally:
+        await http.aclose()
+        await engine.dispose()
+    assert db.execute("SELECT count(*) FROM enrollments WHERE automation_id = %s",
+                      (auto["id"],)).fetchone() == (2,)
