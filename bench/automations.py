@@ -22,7 +22,15 @@ K active automations with distinct trigger events, then runs, one after the othe
             endpoint: time until all are asleep in the WAIT, and the Temporal server's
             memory (VmRSS) and disk before and after
 
-ratio = enrollment starts/s while ingesting / bare starts/s (target >= 0.5). The last
+  ceiling   (bench/_temporal_ceiling.py) workflows of the enrollment's shape that do
+            nothing: signal-with-start with memo and search attributes, one workflow
+            task running one no-op local activity, then a 1-day timer; closed-loop,
+            the dispatcher's concurrency, counted when the local activity ran: what
+            Temporal alone allows a design with one workflow per enrollment; then the
+            same without the local activity (`timer-only`)
+
+ratio = enrollment starts/s while ingesting / bare starts/s (target >= 0.5); ratio_ceiling
+= ceiling runs/s / bare starts/s bounds it. The last
 line of output is one JSON object with every figure. Loopback only; every process and
 temp dir is removed at exit, also on Ctrl-C or SIGTERM.
 """
@@ -61,14 +69,15 @@ with workflow.unsafe.imports_passed_through():
 
     import _common as c
     import _stack as st
+    import _temporal_ceiling
     import httpx
     import ingest
     import orjson
     import psycopg
 
 RATIO_TARGET = 0.5
-PHASES = ("bare", "bare-sws", "ingest", "complete", "sleep")
-DEFAULT_PHASES = "bare,ingest,complete,sleep"
+PHASES = ("bare", "bare-sws", "ingest", "complete", "sleep", "ceiling")
+DEFAULT_PHASES = "bare,ingest,complete,sleep,ceiling"
 SLEEP_SECONDS = 86_400  # the sleepers' WAIT: one day
 
 
@@ -770,12 +779,41 @@ def run(args: argparse.Namespace, cleanup: c.Cleanup) -> dict[str, Any]:
                     "temporal_disk_kb_per_sleeper": round(slp["disk_kb_per_sleeper"], 2),
                     "sleep_cpu_cores": rounded(slp["cpu"])})
 
-    return summarise(out, bare, sws, ing, comp, slp)
+    ceiling = None
+    if "ceiling" in args.phases:
+        for shape, what in (("enrollment", "one local activity that does nothing"),
+                            ("timer-only", "no activity")):
+            settle_machine(args)
+            c.log(f"ceiling ({shape}): signal-with-start + memo + search attributes, {what}, "
+                  f"a 1-day timer; {concurrency} closed-loop callers…")
+            result = asyncio.run(_temporal_ceiling.ceiling_phase(
+                stack.temporal.address, args.seconds, args.warmup, concurrency,
+                stack.cpu_groups, shape=shape))
+            c.log(f"  ceiling   {result['workflows_per_s']:>8,.1f} runs begun/s   p50 "
+                  f"{result['p50_ms']:.1f} ms  p99 {result['p99_ms']:.1f} ms  "
+                  f"({result['errors']} errors)")
+            c.log(f"            CPU cores: {cpu_text(result['cpu'])}")
+            for e in result["error_samples"]:
+                c.log(f"            error sample: {e}")
+            key = "ceiling" if shape == "enrollment" else "ceiling_timer_only"
+            out.update({f"{key}_runs_per_s": round(result["workflows_per_s"], 1),
+                        f"{key}_p50_ms": round(result["p50_ms"], 2),
+                        f"{key}_errors": result["errors"],
+                        f"{key}_cpu_cores": rounded(result["cpu"])})
+            if shape == "enrollment":
+                ceiling = result
+            else:
+                out["ratio_ceiling_timer_only"] = (
+                    round(result["workflows_per_s"] / bare["starts_per_s"], 3)
+                    if bare and bare["starts_per_s"] else None)
+
+    return summarise(out, bare, sws, ing, comp, slp, ceiling)
 
 
 def summarise(out: dict[str, Any], bare: dict[str, Any] | None, sws: dict[str, Any] | None,
               ing: dict[str, Any] | None, comp: dict[str, Any] | None,
-              slp: dict[str, Any] | None) -> dict[str, Any]:
+              slp: dict[str, Any] | None, ceiling: dict[str, Any] | None = None,
+              ) -> dict[str, Any]:
     base = bare["starts_per_s"] if bare and bare["starts_per_s"] else None
 
     def over(x: float | None) -> float | None:
@@ -789,6 +827,7 @@ def summarise(out: dict[str, Any], bare: dict[str, Any] | None, sws: dict[str, A
     out["ratio_completed"] = over(comp["completed_per_s"]) if comp else None
     out["ratio_sleepers"] = over(slp["per_s"]) if slp else None
     out["ratio_bare_sws"] = over(sws["starts_per_s"]) if sws else None
+    out["ratio_ceiling"] = over(ceiling["workflows_per_s"]) if ceiling else None
     # CPU per unit of work (ms of CPU per start / run / event): steadier than the rates
     # on a shared machine. Bare: the Temporal server plus this process (callers and the
     # bare worker). Enrollment phases: the product worker, the Temporal server and
@@ -821,7 +860,9 @@ def summarise(out: dict[str, Any], bare: dict[str, Any] | None, sws: dict[str, A
             ("outbox rows dispatched/s draining", "ratio_drain_dispatched"),
             ("one-step runs completed/s", "ratio_completed"),
             ("sleepers asleep/s", "ratio_sleepers"),
-            ("bare signal-with-start + memo + search attributes", "ratio_bare_sws")]
+            ("bare signal-with-start + memo + search attributes", "ratio_bare_sws"),
+            ("ceiling: enrollment-shaped runs doing nothing", "ratio_ceiling"),
+            ("ceiling: the same without the local activity", "ratio_ceiling_timer_only")]
     for label, key in rows:
         if out.get(key) is not None:
             c.log(f"  {label:<50} {out[key]:.3f}")
