@@ -291,5 +291,7 @@ async def delete_event(db: AsyncSession, project_id: str, event_id: str) -> None
         update(EndUser)
         .where(EndUser.project_id == project_id, EndUser.id == event.user_id,
                EndUser.event_count > 0)
-        .values(event_count=EndUser.event_count - 1, membership_stale=True)
+        # updated_at moves too: the segment refresher clears a flag only if it did not.
+        .values(event_count=EndUser.event_count - 1, membership_stale=True,
+                updated_at=func.now())
     )

@@ -325,6 +325,13 @@ async def test_a_change_while_a_user_is_evaluated_keeps_it_flagged(
                 session, tenant.project_id, "bob", 10)] == ["cat"]
     finally:
         await engine.dispose()
-    _track(tenant, "ann", "Viewed")  # every change flags the user again
-    tenant.sk.patch("/users/dan", json={"properties": {"plan": "pro"}})
+    # Every change flags the user again: erasing an event, an event, a profile edit.
+    event = tenant.sk.get("/events", params={"userId": "dan"}).json()["events"][0]
+    assert tenant.sk.delete(f"/events/{event['id']}").status_code == 200
+    assert _flagged(db, tenant) == {"bob", "cat", "dan"}
+    _track(tenant, "ann", "Viewed")
     assert _flagged(db, tenant) == {"ann", "bob", "cat", "dan"}
+    db.execute("UPDATE users SET membership_stale = false WHERE project_id = %s",
+               (tenant.project_id,))
+    tenant.sk.patch("/users/dan", json={"properties": {"plan": "pro"}})
+    assert _flagged(db, tenant) == {"dan"}
