@@ -16,6 +16,9 @@ K active automations with distinct trigger events, then runs, one after the othe
             started/s (rows in `enrollments`, written by the run's first local activity) and
             outbox rows dispatched/s while ingesting; then --seconds without ingestion
             (the dispatcher draining its backlog); outbox backlog and lag
+  steady    (not in the defaults) POST /events for new users paced to the pipeline:
+            a new trigger whenever fewer than --inflight runs triggered have not
+            begun; enrollments started/s and events/s over --seconds
   complete  a one-step automation (SEND_EMAIL, inline copy, to the sink), fed
             closed-loop (--inflight runs outstanding): completed runs/s, mails/s
   sleep     --sleepers enrollments of [WAIT 1 day, SEND_EMAIL] through the batch
@@ -76,7 +79,7 @@ with workflow.unsafe.imports_passed_through():
     import psycopg
 
 RATIO_TARGET = 0.5
-PHASES = ("bare", "bare-sws", "ingest", "complete", "sleep", "ceiling")
+PHASES = ("bare", "bare-sws", "ingest", "steady", "complete", "sleep", "ceiling")
 DEFAULT_PHASES = "bare,ingest,complete,sleep,ceiling"
 SLEEP_SECONDS = 86_400  # the sleepers' WAIT: one day
 
@@ -541,6 +544,67 @@ async def complete_phase(stack: Stack, args: argparse.Namespace,
             "errors": errors, "cpu": cpu}
 
 
+# --- phase: enrollments from paced ingestion ---
+
+
+async def steady_phase(stack: Stack, args: argparse.Namespace,
+                       automation_id: str, trigger: str) -> dict[str, Any]:
+    """Trigger events for new users, one POST /events each, whenever fewer than
+    --inflight of them have not begun their run yet: ingestion paced to what the
+    pipeline absorbs (closed loop), so the rate measured is the pipeline's."""
+    tag = uuid.uuid4().hex[:6]
+    sent = begun = 0
+    stop = asyncio.Event()
+    counter = itertools.count()
+    errors: list[str] = []
+    limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+    async with httpx.AsyncClient(base_url=stack.v1, limits=limits, timeout=60,
+                                 headers={"x-api-key": stack.keys["public"]}) as http, \
+            await psycopg.AsyncConnection.connect(stack.db.url, autocommit=True) as conn:
+
+        async def monitor() -> None:
+            nonlocal begun
+            while True:
+                cur = await conn.execute(
+                    "SELECT count(*) FROM enrollments WHERE automation_id = %s",
+                    (automation_id,))
+                begun = (await cur.fetchone())[0]
+                await asyncio.sleep(0.1)
+
+        async def feeder() -> None:
+            nonlocal sent
+            while not stop.is_set():
+                if sent - begun >= args.inflight:
+                    await asyncio.sleep(0.02)
+                    continue
+                sent += 1
+                user = f"st-{tag}-{next(counter):07d}"
+                r = await http.post("/events", json={"userId": user, "eventName": trigger})
+                if not r.is_success:
+                    sent -= 1
+                    if len(errors) < 5:
+                        errors.append(f"{r.status_code}: {r.text[:200]}")
+
+        watch = asyncio.create_task(monitor())
+        feeders = [asyncio.create_task(feeder()) for _ in range(8)]
+        try:
+            await asyncio.sleep(args.warmup + 2)
+            t0, begun0, sent0 = time.monotonic(), begun, sent
+            meter = st.CpuMeter(stack.cpu_groups)
+            meter.start()
+            await asyncio.sleep(args.seconds)
+            t1, begun1, sent1 = time.monotonic(), begun, sent
+            cpu = meter.stop()
+        finally:
+            stop.set()
+            for task in [watch, *feeders]:
+                task.cancel()
+            await asyncio.gather(watch, *feeders, return_exceptions=True)
+    seconds = t1 - t0
+    return {"begun_per_s": (begun1 - begun0) / seconds,
+            "events_per_s": (sent1 - sent0) / seconds, "errors": errors, "cpu": cpu}
+
+
 # --- phase: sleepers ---
 
 
@@ -734,6 +798,24 @@ def run(args: argparse.Namespace, cleanup: c.Cleanup) -> dict[str, Any]:
             "ingest_db_active_backends": round(ing["ingest_db_active_backends"], 2),
         })
 
+    if "steady" in args.phases:
+        aid = create_automation(stack, "Bench steady", "bench_steady",
+                                [{"type": "WAIT", "delay": SLEEP_SECONDS}, mail_step()])
+        settle_machine(args)
+        c.log(f"steady: POST /events paced to the pipeline ({args.inflight} triggered runs "
+              "not begun at most), [WAIT 1 day, SEND_EMAIL]…")
+        std = asyncio.run(steady_phase(stack, args, aid, "bench_steady"))
+        c.log(f"  steady    {std['begun_per_s']:>8,.1f} enrollments started/s while "
+              f"ingesting {std['events_per_s']:,.1f} events/s")
+        c.log(f"            CPU cores: {cpu_text(std['cpu'])}")
+        for e in std["errors"]:
+            c.log(f"            error sample: {e}")
+        out.update({"steady_enrollment_starts_per_s": round(std["begun_per_s"], 1),
+                    "steady_events_per_s": round(std["events_per_s"], 1),
+                    "steady_cpu_cores": rounded(std["cpu"]),
+                    "ratio_steady": (round(std["begun_per_s"] / bare["starts_per_s"], 3)
+                                     if bare and bare["starts_per_s"] else None)})
+
     comp = None
     if "complete" in args.phases:
         aid = create_automation(stack, "Bench send", "bench_send", [mail_step()])
@@ -856,6 +938,7 @@ def summarise(out: dict[str, Any], bare: dict[str, Any] | None, sws: dict[str, A
           + (f" = {base:,.1f})" if base else ", not measured)"))
     rows = [("enrollments started/s while ingesting", "ratio"),
             ("enrollments started/s draining (no ingestion)", "ratio_drain"),
+            ("enrollments started/s, ingestion paced (steady)", "ratio_steady"),
             ("outbox rows dispatched/s while ingesting", "ratio_dispatched"),
             ("outbox rows dispatched/s draining", "ratio_drain_dispatched"),
             ("one-step runs completed/s", "ratio_completed"),
